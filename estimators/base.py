@@ -1,0 +1,197 @@
+"""The interface every gradient estimator implements, and the registry that names them.
+
+DESIGN.md, "One training step": an estimator receives the distribution parameters ``logits`` and
+the objective ``f`` and returns an :class:`Estimate` whose ``surrogate`` is a scalar whose gradient,
+with respect to everything upstream of ``logits`` and every parameter inside ``f``, is the
+estimator's gradient of ``mean_b E_{z ~ q(z | logits_b)}[f_b(z)]``. The estimator never sees the
+model and the model never sees the estimator.
+
+Latent kinds and shapes
+-----------------------
+- ``bernoulli``: ``logits`` is ``[B, n]``; samples are ``[S, B, n]`` in {0, 1} (or (0, 1) relaxed).
+- ``categorical``: ``logits`` is ``[B, n, K]``; samples are one-hot ``[S, B, n, K]`` (or points of
+  the simplex when relaxed).
+
+``f`` maps ``[S, B, ...]`` samples to per-example losses ``[S, B]``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KINDS = ("bernoulli", "categorical")
+Objective = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Estimate:
+    """What an estimator returns for one minibatch.
+
+    surrogate: scalar; ``surrogate.backward()`` leaves the estimator's gradient in ``.grad``
+        (plus the gradient of the estimator's own auxiliary objective, e.g. baseline regression,
+        on the estimator's own parameters only).
+    loss: ``[B]``, detached: the objective values the estimator saw, averaged over its samples.
+    stats: extra detached scalars (on the device, never synchronised here), e.g. ``baseline_loss``.
+    """
+
+    surrogate: Tensor
+    loss: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling and log-probabilities shared by all estimators.
+# --------------------------------------------------------------------------------------------
+
+def uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """U(0, 1) noise clamped away from 0 and 1, so that log(u), log(1-u) and -log(-log u) are
+    finite (the traps of torch issues 22442 / 18254)."""
+    u = torch.rand(shape, device=like.device, dtype=like.dtype, generator=generator)
+    tiny = torch.finfo(like.dtype).tiny
+    return u.clamp_(tiny, 1.0 - torch.finfo(like.dtype).eps)
+
+
+def logistic_noise(u: Tensor) -> Tensor:
+    """Logistic(0, 1) noise, log u - log(1 - u), computed in log space."""
+    return torch.log(u) - torch.log1p(-u)
+
+
+def gumbel_noise(u: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise, -log(-log u)."""
+    return -torch.log(-torch.log(u))
+
+
+def noise_shape(logits: Tensor, samples: int) -> tuple[int, ...]:
+    return (samples, *logits.shape)
+
+
+def hard_sample(logits: Tensor, kind: str, u: Tensor) -> Tensor:
+    """Exact discrete samples from uniforms ``u`` of shape ``[S, *logits.shape]``.
+
+    Bernoulli: b = 1[logits + Logistic(u) > 0] ~ Bernoulli(sigmoid(logits)).
+    Categorical: one_hot(argmax(logits + Gumbel(u))) ~ Categorical(softmax(logits)) (Gumbel-max).
+    Both are deterministic given ``u``, which is what lets estimators share random numbers.
+    """
+    logits = logits.detach()
+    if kind == "bernoulli":
+        return (logits + logistic_noise(u) > 0).to(logits.dtype)
+    index = (logits + gumbel_noise(u)).argmax(-1)
+    return F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+
+
+def log_prob(logits: Tensor, z: Tensor, kind: str) -> Tensor:
+    """log q(z | logits) summed over the latent dimensions: ``[S, B]`` for samples ``[S, B, ...]``."""
+    if kind == "bernoulli":
+        # z log s(l) + (1 - z) log s(-l)  ==  z * l - softplus(l)
+        return (z * logits - F.softplus(logits)).sum(-1)
+    return (z * torch.log_softmax(logits, -1)).sum((-1, -2))
+
+
+def probs(logits: Tensor, kind: str) -> Tensor:
+    return torch.sigmoid(logits) if kind == "bernoulli" else torch.softmax(logits, -1)
+
+
+def entropy(logits: Tensor, kind: str) -> Tensor:
+    """Entropy of q summed over latent dimensions, ``[B]``."""
+    if kind == "bernoulli":
+        p = torch.sigmoid(logits)
+        return (F.softplus(logits) - p * logits).sum(-1)
+    logp = torch.log_softmax(logits, -1)
+    return -(logp.exp() * logp).sum((-1, -2))
+
+
+# --------------------------------------------------------------------------------------------
+# Estimator base class and registry.
+# --------------------------------------------------------------------------------------------
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; raised before any training starts."""
+
+
+class Estimator(nn.Module):
+    """Base class. Subclasses set the class attributes and implement :meth:`estimate`.
+
+    Class attributes (declared properties, logged in summary.json):
+      name: registry name used on the command line (``estimator=NAME``).
+      kinds: latent kinds supported.
+      unbiased: whether E[gradient] equals the true gradient of E[f].
+      relaxed: whether ``f`` is evaluated at continuous relaxed samples during training.
+    Instance properties:
+      evals: evaluations of ``f`` per example per step (its cost).
+      multi_eval: True when ``f`` must be evaluated more than once per example, which cannot work
+        inside a sequential model whose later latents depend on earlier ones.
+    """
+
+    name: ClassVar[str] = ""
+    kinds: ClassVar[tuple[str, ...]] = KINDS
+    unbiased: ClassVar[bool] = False
+    relaxed: ClassVar[bool] = False
+
+    def __init__(self, kind: str, latent_shape: tuple[int, ...], samples: int = 1):
+        super().__init__()
+        if kind not in self.kinds:
+            raise ConfigError(
+                f"estimator '{self.name}' does not support {kind} latents; it supports: "
+                f"{', '.join(self.kinds)}")
+        if int(samples) < 1:
+            raise ConfigError(f"estimator.samples={samples} is invalid: it must be an integer >= 1")
+        self.kind = kind
+        self.latent_shape = tuple(latent_shape)
+        self.samples = int(samples)
+        self.step = 0
+
+    @property
+    def evals(self) -> int:
+        return self.samples
+
+    @property
+    def multi_eval(self) -> bool:
+        return self.evals > 1
+
+    def properties(self) -> dict:
+        return {"name": self.name, "kinds": list(self.kinds), "unbiased": self.unbiased,
+                "relaxed": self.relaxed, "evals": self.evals, "multi_eval": self.multi_eval}
+
+    def set_step(self, step: int) -> None:
+        """Called by the training loop before each step (temperature schedules)."""
+        self.step = step
+
+    def scalars(self) -> dict[str, float]:
+        """Python-side values to log at log steps (e.g. the temperature)."""
+        return {}
+
+    def draw_uniforms(self, logits: Tensor) -> Tensor:
+        return uniform(noise_shape(logits, self.samples), logits)
+
+    def forward(self, logits: Tensor, f: Objective, u: Tensor | None = None) -> Estimate:
+        """Estimate the gradient of mean_b E[f_b(z)].
+
+        ``u``: optional uniforms ``[S, *logits.shape]`` (common random numbers); drawn if None.
+        """
+        if u is None:
+            u = self.draw_uniforms(logits)
+        return self.estimate(logits, f, u)
+
+    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:  # pragma: no cover
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Estimator]] = {}
+
+
+def register(cls: type[Estimator]) -> type[Estimator]:
+    if not cls.name or cls.name in REGISTRY:
+        raise RuntimeError(f"bad or duplicate estimator name {cls.name!r}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def check_positive(key: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}={value} is invalid: it must be a finite number > 0")
+    return float(value)

@@ -1,0 +1,100 @@
+"""Relaxation estimators: Gumbel-softmax / Concrete and its straight-through variant.
+
+- ``gumbel``: Jang, Gu & Poole 2016 (arXiv:1611.01144) eq. (1) and Maddison, Mnih & Teh 2016
+  (arXiv:1611.00712) eq. (10) / binary Concrete section 3.3. Categorical:
+  y = softmax((logits + g) / tau), g ~ Gumbel(0, 1). Bernoulli (binary Concrete):
+  y = sigmoid((logits + L) / tau), L = log u - log(1 - u) ~ Logistic(0, 1). f is evaluated at the
+  relaxed y and differentiated by reparameterisation. Biased for the discrete objective; the bias
+  vanishes as tau -> 0 while the variance grows.
+- ``st_gumbel``: Jang et al. 2016 section 2.2 ("Straight-Through Gumbel-Softmax"): the forward pass
+  uses the hard sample H(y) (argmax one-hot, or 1[y > 1/2]), which is an exact sample of q because
+  argmax(logits + g) is (Gumbel-max); the backward pass uses the gradient of the relaxed y.
+
+Temperature schedule (DESIGN.md contract, Jang et al. 2016 section 4.1):
+tau(step) = max(tau_min, tau_init * exp(-rate * step')), step' = step rounded down to a multiple of
+``every`` (tau is recomputed every ``every`` steps).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import (ConfigError, Estimate, Estimator, Objective, check_positive, gumbel_noise,
+                   logistic_noise, register)
+
+
+@dataclass(frozen=True)
+class TauSchedule:
+    init: float = 1.0
+    min: float = 0.5
+    rate: float = 1e-4
+    every: int = 1000
+
+    def __post_init__(self):
+        check_positive("estimator.tau.init", self.init)
+        check_positive("estimator.tau.min", self.min)
+        if not (math.isfinite(self.rate) and self.rate >= 0):
+            raise ConfigError(f"estimator.tau.rate={self.rate} is invalid: it must be a finite number >= 0")
+        if int(self.every) < 1:
+            raise ConfigError(f"estimator.tau.every={self.every} is invalid: it must be an integer >= 1")
+
+    def __call__(self, step: int) -> float:
+        anchor = (int(step) // int(self.every)) * int(self.every)
+        return max(self.min, self.init * math.exp(-self.rate * anchor))
+
+
+def relaxed_sample(logits: Tensor, kind: str, u: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """(relaxed y, hard H(y)) from uniforms u; both [S, *logits.shape]. The hard sample is exact."""
+    if kind == "bernoulli":
+        a = logits + logistic_noise(u)
+        return torch.sigmoid(a / tau), (a.detach() > 0).to(logits.dtype)
+    a = logits + gumbel_noise(u)
+    y = torch.softmax(a / tau, -1)
+    return y, F.one_hot(a.detach().argmax(-1), logits.shape[-1]).to(logits.dtype)
+
+
+class _Relaxed(Estimator):
+    relaxed = True
+
+    def __init__(self, kind, latent_shape, samples=1, tau: TauSchedule | None = None):
+        super().__init__(kind, latent_shape, samples)
+        self.schedule = tau or TauSchedule()
+        self.tau = self.schedule(0)
+
+    @classmethod
+    def from_config(cls, cfg, kind, latent_shape):
+        t = cfg.tau
+        return cls(kind, latent_shape, samples=cfg.samples,
+                   tau=TauSchedule(float(t.init), float(t.min), float(t.rate), int(t.every)))
+
+    def set_step(self, step: int) -> None:
+        super().set_step(step)
+        self.tau = self.schedule(step)
+
+    def scalars(self) -> dict[str, float]:
+        return {"tau": self.tau}
+
+
+@register
+class GumbelSoftmax(_Relaxed):
+    name = "gumbel"
+
+    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
+        y, _ = relaxed_sample(logits, self.kind, u, self.tau)
+        fz = f(y)
+        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
+
+
+@register
+class STGumbelSoftmax(_Relaxed):
+    name = "st_gumbel"
+    relaxed = False  # f sees exact hard samples in the forward pass
+
+    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
+        y, h = relaxed_sample(logits, self.kind, u, self.tau)
+        fz = f(h + (y - y.detach()))
+        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))

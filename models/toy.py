@@ -1,0 +1,79 @@
+"""Tucker et al.'s toy problem (REBAR, arXiv:1703.07370, section 6.1; RELAX, arXiv:1711.00123
+section 6.1): minimise E_{b ~ Bernoulli(sigmoid(phi))}[(b - t)^2].
+
+Here over ``dim`` independent latents with the loss averaged over the dims:
+    f(b) = 1/dim sum_i (b_i - t)^2,
+    E[f] = 1/dim sum_i s_i (1 - t)^2 + (1 - s_i) t^2,      s_i = sigmoid(phi_i),
+    dE/dphi_i = (1 - 2t) s_i (1 - s_i) / dim.
+The optimum is s -> 0 for t < 1/2; the gradient signal (1 - 2t) is tiny for t near 1/2, which is
+what makes the problem hard for high-variance estimators.
+
+Categorical variant (``latent=categorical``, ``classes=K``): each latent picks a value from
+v = linspace(0, 1, K) and f(z) = 1/dim sum_i (<z_i, v> - t)^2, which for K = 2 is the Bernoulli
+problem with b = z_i[1]; relaxed z give the loss at the relaxed value <z, v>. Exact loss:
+E[f] = 1/dim sum_i sum_k p_ik (v_k - t)^2.
+
+The parameters are the logits themselves (initialised at 0); the "minibatch" is
+``train.batch_size`` independent draws at the same logits.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import LatentModel
+
+
+class Toy(LatentModel):
+    name = "toy"
+    needs_data = False
+    main_metric = "exact_loss"
+
+    def __init__(self, dim: int = 1, t: float = 0.45, latent: str = "bernoulli", classes: int = 2):
+        super().__init__()
+        self.kind = latent
+        self.t = float(t)
+        self.dim = int(dim)
+        if latent == "bernoulli":
+            self.latent_shape = (self.dim,)
+        else:
+            self.latent_shape = (self.dim, int(classes))
+            self.register_buffer("values", torch.linspace(0.0, 1.0, int(classes)))
+        self.phi = nn.Parameter(torch.zeros(self.latent_shape))
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.phi.expand(x.shape[0], *self.latent_shape)
+
+    def _value(self, z: Tensor) -> Tensor:
+        return z if self.kind == "bernoulli" else (z * self.values).sum(-1)
+
+    def objective(self, x, logits):
+        t = self.t
+        return lambda z: (self._value(z) - t).pow(2).mean(-1)
+
+    def exact_loss(self, phi: Tensor | None = None) -> Tensor:
+        """Closed-form E[f] at ``phi`` (default: the current parameters); differentiable."""
+        phi = self.phi if phi is None else phi
+        if self.kind == "bernoulli":
+            s = torch.sigmoid(phi)
+            return (s * (1 - self.t) ** 2 + (1 - s) * self.t ** 2).mean()
+        p = torch.softmax(phi, -1)
+        return (p * (self.values - self.t).pow(2)).sum(-1).mean()
+
+    def exact_grad(self) -> Tensor:
+        """Closed-form dE/dphi (Bernoulli) or autograd of the closed-form E (categorical)."""
+        if self.kind == "bernoulli":
+            s = torch.sigmoid(self.phi.detach())
+            return (1 - 2 * self.t) * s * (1 - s) / self.dim
+        phi = self.phi.detach().clone().requires_grad_(True)
+        return torch.autograd.grad(self.exact_loss(phi), phi)[0]
+
+    def encoder_parameters(self):
+        return [self.phi]
+
+    def decoder_parameters(self):
+        return []
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, samples: int, generator=None) -> dict[str, Tensor]:
+        return {"exact_loss": self.exact_loss().expand(1)}

@@ -1,0 +1,138 @@
+"""Variational autoencoder with one stochastic layer of discrete latents on binarized MNIST.
+
+q(z | x): Bernoulli(sigmoid(enc(x))) over ``latent_dim`` units, or ``latent_dim`` independent
+categoricals of ``classes`` classes (Jang et al. 2016, section 4.2). p(z): factorised with learned
+logits (as in ARM/DisARM/RELAX). p(x | z): Bernoulli(sigmoid(dec(z))) over 784 pixels, the decoder's
+output bias initialised to the logit of the training data mean (Dong et al. 2020 code).
+``hidden=[]`` is the linear model of ARM/DisARM (784-200 encoder, 200-784 decoder); e.g.
+``hidden=[200, 200]`` is nonlinear with LeakyReLU (slope 0.3 as in the DisARM code), the decoder
+mirroring the encoder.
+
+Objective (negative ELBO, Kingma & Welling 2014 eq. 3):
+    -ELBO(x) = E_q[-log p(x | z)] + KL(q(z | x) || p(z)).
+``kl=analytic``: f(z) = -log p(x | z) and the closed-form KL is added by the loop (the estimator
+handles only the expectation of f). ``kl=sampled``: f(z) = -log p(x | z) - log p(z) + log q(z | x),
+the single-sample estimate of the whole bound; log q keeps its direct dependence on the logits.
+
+Evaluation uses exact (hard) samples z_k ~ q, k = 1..K:
+    log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x),
+    bound_K = logsumexp_k log w_k - log K  (Burda et al. 2016, eq. 8), a lower bound on log p(x);
+    elbo = mean_k log p(x | z_k) - KL(q || p), the ELBO estimated with the same K samples.
+Both are reported as signed log-likelihood bounds in nats (higher is better); ``loss`` = -elbo.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from estimators.base import log_prob
+from .base import LatentModel
+
+EVAL_ROWS = 1 << 15   # decoder rows per evaluation chunk (bounds memory: 32768 x 784 floats)
+
+
+def mlp(sizes: list[int], slope: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.LeakyReLU(slope))
+    return nn.Sequential(*layers)
+
+
+def kl_divergence(logits: Tensor, prior_logits: Tensor, kind: str) -> Tensor:
+    """KL(q || p) summed over latent dimensions, [B]."""
+    if kind == "bernoulli":
+        q = torch.sigmoid(logits)
+        # q (log q - log p) + (1 - q)(log(1 - q) - log(1 - p)), in terms of logits
+        return (q * (F.logsigmoid(logits) - F.logsigmoid(prior_logits))
+                + (1 - q) * (F.logsigmoid(-logits) - F.logsigmoid(-prior_logits))).sum(-1)
+    logq = torch.log_softmax(logits, -1)
+    logp = torch.log_softmax(prior_logits, -1)
+    return (logq.exp() * (logq - logp)).sum((-1, -2))
+
+
+class VAE(LatentModel):
+    name = "vae"
+    main_metric = "elbo"
+
+    def __init__(self, latent: str = "bernoulli", latent_dim: int = 200, classes: int = 10,
+                 hidden: list[int] | tuple[int, ...] = (), kl: str = "analytic",
+                 slope: float = 0.3, x_dim: int = 784):
+        super().__init__()
+        self.kind = latent
+        self.kl = kl
+        n = int(latent_dim)
+        self.latent_shape = (n,) if latent == "bernoulli" else (n, int(classes))
+        width = math.prod(self.latent_shape)
+        hidden = [int(h) for h in hidden]
+        self.encoder = mlp([x_dim, *hidden, width], slope)
+        self.decoder = mlp([width, *reversed(hidden), x_dim], slope)
+        self.prior_logits = nn.Parameter(torch.zeros(self.latent_shape))
+
+    @torch.no_grad()
+    def set_data_mean(self, mean: Tensor) -> None:
+        """Decoder output bias := logit of the training data mean (DisARM code)."""
+        m = mean.detach().to(self.decoder[-1].bias).clamp(1e-3, 1 - 1e-3)
+        self.decoder[-1].bias.copy_(torch.log(m) - torch.log1p(-m))
+
+    # --- the interface -----------------------------------------------------------------------
+    def logits(self, x: Tensor) -> Tensor:
+        return self.encoder(x).view(x.shape[0], *self.latent_shape)
+
+    def neg_log_lik(self, z: Tensor, x: Tensor) -> Tensor:
+        """-log p(x | z) for z [S, B, ...] -> [S, B]."""
+        flat = z.reshape(*z.shape[:2], -1)
+        out = self.decoder(flat)                              # [S, B, 784]
+        return (F.softplus(out) - x * out).sum(-1)
+
+    def objective(self, x, logits):
+        kind = self.kind
+        if self.kl == "analytic":
+            return lambda z: self.neg_log_lik(z, x)
+        prior = self.prior_logits
+
+        def f(z):
+            return (self.neg_log_lik(z, x) + log_prob(logits, z, kind)
+                    - log_prob(prior.expand_as(logits), z, kind))
+        return f
+
+    def extra_loss(self, x, logits):
+        if self.kl == "analytic":
+            return kl_divergence(logits, self.prior_logits.expand_as(logits), self.kind)
+        return None
+
+    def encoder_parameters(self):
+        return list(self.encoder.parameters())
+
+    def decoder_parameters(self):
+        return list(self.decoder.parameters()) + [self.prior_logits]
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, samples: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        out: dict[str, list[Tensor]] = {"loss": [], "elbo": [], f"bound_{samples}": []}
+        chunk = max(1, EVAL_ROWS // samples)
+        for i in range(0, x.shape[0], chunk):
+            xb = x[i:i + chunk]
+            logits = self.logits(xb)
+            prior = self.prior_logits.expand_as(logits)
+            if self.kind == "bernoulli":
+                u = torch.rand((samples, *logits.shape), device=x.device, dtype=logits.dtype,
+                               generator=generator)
+                z = (u < torch.sigmoid(logits)).to(logits.dtype)
+            else:
+                z = torch.zeros((samples, *logits.shape), device=x.device, dtype=logits.dtype)
+                idx = torch.multinomial(torch.softmax(logits, -1).reshape(-1, logits.shape[-1]),
+                                        samples, replacement=True, generator=generator)         # [B*n, S]
+                idx = idx.T.reshape(samples, *logits.shape[:-1], 1)
+                z.scatter_(-1, idx, 1.0)
+            nll = self.neg_log_lik(z, xb)                                  # [S, B]
+            log_w = -nll + log_prob(prior, z, self.kind) - log_prob(logits, z, self.kind)
+            elbo = -nll.mean(0) - kl_divergence(logits, prior, self.kind)
+            out["elbo"].append(elbo)
+            out["loss"].append(-elbo)
+            out[f"bound_{samples}"].append(torch.logsumexp(log_w, 0) - math.log(samples))
+        return {k: torch.cat(v) for k, v in out.items()}

@@ -1,0 +1,129 @@
+"""Config composition (Hydra's compose API) and the checks made before any work starts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError, ConfigKeyError
+
+import estimators
+from estimators import ConfigError
+from experiment.config import register_configs
+from experiment.validate import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg_of(*overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_defaults_compose_to_gumbel_vae_mnist():
+    cfg = cfg_of()
+    assert (cfg.estimator.name, cfg.model.name, cfg.data.name) == ("gumbel", "vae", "mnist")
+    assert cfg.estimator.tau.init > 0 and cfg.train.steps > 0
+    validate(cfg)
+
+
+@pytest.mark.parametrize("name", ["st", "reinforce", "gumbel", "st_gumbel"])
+@pytest.mark.parametrize("model", ["toy", "vae"])
+def test_every_estimator_composes_with_every_model(name, model):
+    cfg = cfg_of(f"estimator={name}", f"model={model}", "model.latent=categorical")
+    assert cfg.estimator.name == name
+    validate(cfg)
+
+
+def test_model_group_sets_its_training_defaults_and_overrides_win():
+    toy = cfg_of("model=toy")
+    vae = cfg_of("model=vae")
+    assert toy.train.batch_size != vae.train.batch_size
+    assert cfg_of("model=toy", "train.batch_size=7").train.batch_size == 7
+
+
+def test_unknown_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException) as e:
+        cfg_of("estimator=st", "estimator.baseline=ema")
+    assert "baseline" in str(e.value.__cause__ or e.value)
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises(ConfigCompositionException) as e:
+        cfg_of("train.steps=many")
+    assert "many" in str(e.value.__cause__ or e.value)
+
+
+def test_bad_enum_value_lists_accepted_options():
+    with pytest.raises(ConfigCompositionException) as e:
+        cfg_of("estimator=reinforce", "estimator.baseline=moving")
+    msg = str(e.value.__cause__ or e.value)
+    assert "moving" in msg and "ema" in msg and "learned" in msg
+
+
+def test_unknown_group_option_fails():
+    with pytest.raises(Exception) as e:
+        cfg_of("estimator=gumbal")
+    assert "gumbal" in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["estimator.tau.init=0"], "estimator.tau.init"),
+    (["estimator.tau.min=-1"], "estimator.tau.min"),
+    (["estimator.tau.every=0"], "estimator.tau.every"),
+    (["estimator=reinforce", "estimator.samples=0"], "estimator.samples"),
+    (["train.batch_size=50001"], "train.batch_size"),
+    (["train.batch_size=0"], "train.batch_size"),
+    (["train.lr=-0.001"], "train.lr"),
+    (["eval.samples=0"], "eval.samples"),
+    (["model=toy", "model.dim=0"], "model.dim"),
+])
+def test_validate_names_key_and_value(overrides, key):
+    cfg = cfg_of(*overrides)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert key in str(e.value)
+    value = overrides[-1].split("=", 1)[1]
+    assert value in str(e.value)
+
+
+def test_estimator_that_does_not_support_the_latent_kind_is_refused(monkeypatch):
+    class BernoulliOnly(estimators.Estimator):
+        name = "bernoulli_only"
+        kinds = ("bernoulli",)
+    monkeypatch.setitem(estimators.REGISTRY, "bernoulli_only", BernoulliOnly)
+    cfg = cfg_of("estimator=st", "model.latent=categorical")
+    cfg.estimator.name = "bernoulli_only"
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    msg = str(e.value)
+    assert "bernoulli_only" in msg and "vae" in msg and "categorical" in msg
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_temperature_fails_before_training(tmp_path):
+    r = run_cli("model=toy", "estimator=gumbel", "estimator.tau.init=0",
+                f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "estimator.tau.init=0" in r.stderr and "> 0" in r.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_cli_unknown_estimator_lists_options(tmp_path):
+    r = run_cli("estimator=nope", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode != 0
+    assert "nope" in r.stderr and "reinforce" in r.stderr and "st_gumbel" in r.stderr
+
+
+def test_cli_batch_larger_than_data_fails_before_loading(tmp_path):
+    r = run_cli("model=vae", "train.batch_size=60000", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "train.batch_size=60000" in r.stderr and "50000" in r.stderr
