@@ -191,7 +191,11 @@ def register(cls: type[Estimator]) -> type[Estimator]:
     return cls
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_positive(key: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if not (is_number(value) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{key}={value} is invalid: it must be a finite number > 0")
     return float(value)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (ConfigError, Estimate, Estimator, Objective, check_positive, gumbel_noise,
-                   logistic_noise, register)
+                   is_number, logistic_noise, register)
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ class TauSchedule:
     def __post_init__(self):
         check_positive("estimator.tau.init", self.init)
         check_positive("estimator.tau.min", self.min)
-        if not (math.isfinite(self.rate) and self.rate >= 0):
+        if not (is_number(self.rate) and math.isfinite(self.rate) and self.rate >= 0):
             raise ConfigError(f"estimator.tau.rate={self.rate} is invalid: it must be a finite number >= 0")
-        if int(self.every) < 1:
+        if not (isinstance(self.every, int) and not isinstance(self.every, bool) and self.every >= 1):
             raise ConfigError(f"estimator.tau.every={self.every} is invalid: it must be an integer >= 1")
 
     def __call__(self, step: int) -> float:

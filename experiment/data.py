@@ -506,6 +506,12 @@ class MNISTData:
             return self.batch(split, torch.arange(self.n(split), device=self.device))
         return self._x[split].to(torch.float32)
 
+    def train_mean(self) -> torch.Tensor:
+        """Per-pixel mean of the training images as the model sees them ([784], float32): the grey
+        level k/256 for dynamic binarization, the mean of the fixed binary images otherwise."""
+        x = self._x["train"].to(torch.float32).mean(0)
+        return x / 256 if self._resampled("train") else x
+
     def labels(self, split: str) -> torch.Tensor:
         """int64 labels ``[N]`` on the device."""
         self._check(split)

@@ -239,9 +239,10 @@ class Trainer:
             samples_list = [int(cfg.eval.samples)]
             if int(cfg.eval.final_samples) > 0 and self.data is not None:
                 samples_list.append(int(cfg.eval.final_samples))
-            splits = ["valid", "test"] if self.data is not None else ["test"]
-            for split in splits:
-                ev = self.evaluate(split, samples_list)
+            splits = {"valid": samples_list[:1], "test": samples_list} if self.data is not None \
+                else {"test": samples_list}
+            for split, samples in splits.items():
+                ev = self.evaluate(split, samples)
                 metrics.log(self.step, self.batches.epoch, self.elapsed, split, ev)
                 final.update({f"{split}/{k}": v for k, v in ev.items()})
             eval_s += time.perf_counter() - t0

@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import io
 import logging
-import os
 import pickle
 import shutil
 import struct
