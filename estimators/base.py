@@ -70,6 +70,11 @@ def noise_shape(logits: Tensor, samples: int) -> tuple[int, ...]:
     return (samples, *logits.shape)
 
 
+def one_hot(index: Tensor, classes: int, dtype: torch.dtype) -> Tensor:
+    """One-hot by comparison (F.one_hot checks its input's range, which torch.func.vmap refuses)."""
+    return (index.unsqueeze(-1) == torch.arange(classes, device=index.device)).to(dtype)
+
+
 def hard_sample(logits: Tensor, kind: str, u: Tensor) -> Tensor:
     """Exact discrete samples from uniforms ``u`` of shape ``[S, *logits.shape]``.
 
@@ -81,7 +86,7 @@ def hard_sample(logits: Tensor, kind: str, u: Tensor) -> Tensor:
     if kind == "bernoulli":
         return (logits + logistic_noise(u) > 0).to(logits.dtype)
     index = (logits + gumbel_noise(u)).argmax(-1)
-    return F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+    return one_hot(index, logits.shape[-1], logits.dtype)
 
 
 def log_prob(logits: Tensor, z: Tensor, kind: str) -> Tensor:

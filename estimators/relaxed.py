@@ -20,11 +20,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (ConfigError, Estimate, Estimator, Objective, check_positive, gumbel_noise,
-                   is_number, logistic_noise, register)
+                   is_number, logistic_noise, one_hot, register)
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def relaxed_sample(logits: Tensor, kind: str, u: Tensor, tau: float) -> tuple[Te
         return torch.sigmoid(a / tau), (a.detach() > 0).to(logits.dtype)
     a = logits + gumbel_noise(u)
     y = torch.softmax(a / tau, -1)
-    return y, F.one_hot(a.detach().argmax(-1), logits.shape[-1]).to(logits.dtype)
+    return y, one_hot(a.detach().argmax(-1), logits.shape[-1], logits.dtype)
 
 
 class _Relaxed(Estimator):

@@ -87,6 +87,16 @@ class Trainer:
         if self.model.sequential and self.estimator.multi_eval:
             raise ConfigError(f"estimator '{self.estimator.name}' evaluates f {self.estimator.evals} times "
                               f"per example, which model '{self.model.name}' (sequential latents) cannot do")
+        dg = cfg.diagnostics
+        self.probe = None
+        if int(dg.every) > 0:
+            from . import diagnostics
+            spec = dg.estimators
+            if spec is not None and not isinstance(spec, str):
+                spec = list(spec)
+            self._diag_names = diagnostics.resolve_estimators(
+                spec, self.estimator.name, self.model.kind, self.model.sequential)
+            self._diag_reference = diagnostics.parse_reference(dg.reference, self.model)
         self.data = None
         if self.model.needs_data:
             from .data import MNISTData, load_mnist
@@ -106,6 +116,18 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0            # training + eval seconds over all sessions (resume-safe)
         self.eval_gen = torch.Generator(device=self.device)
+        if int(dg.every) > 0:
+            self.probe = diagnostics.Probe(self.model, self.estimator, self._diag_names,
+                                           self._diag_reference, int(dg.samples),
+                                           self.diagnostic_batch(int(dg.batch_size)), seed=int(cfg.seed))
+
+    def diagnostic_batch(self, n: int) -> torch.Tensor:
+        """The fixed diagnostic minibatch: the first n training images, binarized once with a
+        generator seeded by data.seed (toy: n independent draws)."""
+        if self.data is None:
+            return torch.empty(n, 0, device=self.device)
+        g = torch.Generator(device=self.device).manual_seed(int(self.cfg.data.seed))
+        return self.data.batch("train", torch.arange(n, device=self.device), generator=g)
 
     # --- pieces of a step -----------------------------------------------------------------------
     def next_batch(self) -> torch.Tensor:
@@ -167,6 +189,7 @@ class Trainer:
             torch.cuda.set_rng_state(s["rng"]["cuda"].cpu(), self.device)
         self.step, self.elapsed = int(s["step"]), float(s["elapsed"])
         dropped = CSVLog.truncate_after(self.out / "metrics.csv", self.step)
+        dropped += CSVLog.truncate_after(self.out / "grad_stats.csv", self.step)
         log.info("resumed from %s at step %d (%d log rows after it dropped)", path, self.step, dropped)
         return True
 
@@ -176,6 +199,17 @@ class Trainer:
         summary_path = self.out / "summary.json"
         resumed = self.try_resume()
         metrics = MetricsLog(self.out / "metrics.csv")
+        grad_log = None
+        if self.probe is not None:
+            from .diagnostics import GRAD_STATS_HEADER
+            grad_log = CSVLog(self.out / "grad_stats.csv", GRAD_STATS_HEADER)
+        diag_every = int(cfg.diagnostics.every)
+        diag_s = 0.0
+
+        def probe() -> float:
+            t0 = time.perf_counter()
+            grad_log.write(self.probe.run(self.step))
+            return time.perf_counter() - t0
         steps = int(tr.steps)
         log_every, eval_every, ckpt_every = int(tr.log_every), int(tr.eval_every), int(tr.checkpoint_every)
         main_split = "valid" if self.data is not None else "test"
@@ -185,7 +219,7 @@ class Trainer:
             bar = tqdm(total=steps, initial=self.step, dynamic_ncols=True, desc=self.estimator.name)
         status, error = "completed", None
         loss_sum = torch.zeros((), device=self.device)
-        n_sum, t_mark, step_mark = 0, time.perf_counter(), self.step
+        n_sum, t_mark, step_mark, paused = 0, time.perf_counter(), self.step, 0.0
         t_session = time.perf_counter()
         elapsed0 = self.elapsed
         eval_s = 0.0
@@ -193,6 +227,9 @@ class Trainer:
         try:
             if not resumed and self.step == 0:
                 metrics.log(0, 0, 0.0, main_split, self.evaluate(main_split, [int(cfg.eval.samples)]))
+                if grad_log is not None:
+                    diag_s += probe()
+                t_mark = time.perf_counter()
             while self.step < steps:
                 loss, stats = self.train_step(self.next_batch())
                 self.step += 1
@@ -203,8 +240,9 @@ class Trainer:
                 if s % log_every == 0 or s == steps:
                     mean_loss = (loss_sum / n_sum).item()   # the one sync of a log step
                     now = time.perf_counter()
-                    rate = (s - step_mark) / max(now - t_mark, 1e-9)
-                    t_mark, step_mark = now, s
+                    # steps_per_s counts training time only: evals, probes, checkpoints excluded
+                    rate = (s - step_mark) / max(now - t_mark - paused, 1e-9)
+                    t_mark, step_mark, paused = now, s, 0.0
                     if not math.isfinite(mean_loss):
                         raise Diverged(s, "training loss")
                     values = {"loss": mean_loss, "evals": self.estimator.evals,
@@ -219,6 +257,7 @@ class Trainer:
                         bar.set_postfix_str(msg)
                     else:
                         log.info("step %d/%d %s", s, steps, msg)
+                t_other = time.perf_counter()
                 if s % eval_every == 0 and s != steps:
                     t0 = time.perf_counter()
                     ev = self.evaluate(main_split, [int(cfg.eval.samples)])
@@ -228,9 +267,12 @@ class Trainer:
                         raise Diverged(s, f"{main_split} metrics")
                     log.info("step %d %s %s", s, main_split,
                              " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+                if grad_log is not None and s % diag_every == 0:
+                    diag_s += probe()
                 if s % ckpt_every == 0 and s != steps:
                     self.elapsed = elapsed0 + time.perf_counter() - t_session
                     self.save()
+                paused += time.perf_counter() - t_other
             if bar is not None:
                 bar.close()
             # final evaluation
@@ -256,17 +298,19 @@ class Trainer:
             self.save()
         except Exception as e:  # noqa: BLE001 - recorded, then re-raised
             status, error = "failed", {"step": self.step, "message": repr(e)}
-            write_json(summary_path, self.summary(status, final, error, eval_s))
+            write_json(summary_path, self.summary(status, final, error, eval_s, diag_s))
             raise
         finally:
             metrics.close()
+            if grad_log is not None:
+                grad_log.close()
             if bar is not None:
                 bar.close()
-        summary = self.summary(status, final, error, eval_s)
+        summary = self.summary(status, final, error, eval_s, diag_s)
         write_json(summary_path, summary)
         return summary
 
-    def summary(self, status: str, final: dict, error, eval_s: float) -> dict:
+    def summary(self, status: str, final: dict, error, eval_s: float, diag_s: float = 0.0) -> dict:
         m = self.model
         return {
             "status": status,
@@ -276,7 +320,8 @@ class Trainer:
             "final": final,
             "main_metric": m.main_metric,
             "timings": {"elapsed_s": round(self.elapsed, 3), "eval_s_this_session": round(eval_s, 3),
-                        "steps_per_s": round(self.step / max(self.elapsed - eval_s, 1e-9), 2)},
+                        "diagnostics_s_this_session": round(diag_s, 3),
+                        "steps_per_s": round(self.step / max(self.elapsed - eval_s - diag_s, 1e-9), 2)},
             "estimator": self.estimator.properties(),
             "model": {"name": m.name, "kind": m.kind, "latent_shape": list(m.latent_shape),
                       "parameters": sum(p.numel() for p in m.parameters())},

@@ -67,6 +67,9 @@ def validate(cfg) -> None:
             raise ConfigError(f"model.t={model.t} is invalid: it must be a finite number")
     d = cfg.diagnostics
     _int_at_least("diagnostics.every", d.every, 0)
-    if d.every > 0:
-        raise ConfigError(f"diagnostics.every={d.every}: gradient diagnostics are not available in "
-                          "this version (set diagnostics.every=0)")
+    _int_at_least("diagnostics.samples", d.samples, 2)
+    _int_at_least("diagnostics.batch_size", d.batch_size, 1)
+    sizes = SPLIT_SIZES.get(cfg.data.name)
+    if model.name != "toy" and sizes and d.batch_size > sizes["train"]:
+        raise ConfigError(f"diagnostics.batch_size={d.batch_size} is larger than the training set "
+                          f"of data={cfg.data.name} ({sizes['train']} examples)")

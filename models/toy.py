@@ -60,6 +60,10 @@ class Toy(LatentModel):
         p = torch.softmax(phi, -1)
         return (p * (self.values - self.t).pow(2)).sum(-1).mean()
 
+    def exact_objective(self, x: Tensor) -> Tensor:
+        """The exact training objective mean_b E[f_b] for a minibatch (diagnostics reference)."""
+        return self.exact_loss()
+
     def exact_grad(self) -> Tensor:
         """Closed-form dE/dphi (Bernoulli) or autograd of the closed-form E (categorical)."""
         if self.kind == "bernoulli":

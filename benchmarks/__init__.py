@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (not tests): ``python -m benchmarks NAME``."""
