@@ -66,10 +66,6 @@ def gumbel_noise(u: Tensor) -> Tensor:
     return -torch.log(-torch.log(u))
 
 
-def noise_shape(logits: Tensor, samples: int) -> tuple[int, ...]:
-    return (samples, *logits.shape)
-
-
 def one_hot(index: Tensor, classes: int, dtype: torch.dtype) -> Tensor:
     """One-hot by comparison (F.one_hot checks its input's range, which torch.func.vmap refuses)."""
     return (index.unsqueeze(-1) == torch.arange(classes, device=index.device)).to(dtype)
@@ -95,6 +91,14 @@ def log_prob(logits: Tensor, z: Tensor, kind: str) -> Tensor:
         # z log s(l) + (1 - z) log s(-l)  ==  z * l - softplus(l)
         return (z * logits - F.softplus(logits)).sum(-1)
     return (z * torch.log_softmax(logits, -1)).sum((-1, -2))
+
+
+def step_log_prob(logits_t: Tensor, z_t: Tensor, kind: str) -> Tensor:
+    """log q(z_t | logits_t), ``[S, B]``, for one step of a sequential rollout: logits ``[B, K]``
+    (one categorical) / ``[B, n, K]`` or ``[B, n]`` (Bernoulli), samples with a leading S axis."""
+    if kind == "categorical" and logits_t.dim() == 2:
+        return log_prob(logits_t.unsqueeze(-2), z_t.unsqueeze(-2), kind)
+    return log_prob(logits_t, z_t, kind)
 
 
 def probs(logits: Tensor, kind: str) -> Tensor:
@@ -170,8 +174,15 @@ class Estimator(nn.Module):
         """Python-side values to log at log steps (e.g. the temperature)."""
         return {}
 
+    def noise_shape(self, logits_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the uniforms one estimate consumes: ``(N, *logits_shape)``. The first
+        ``samples`` slices must be the ones that draw the discrete samples, so that estimators
+        given the same uniforms share their samples (common random numbers in diagnostics);
+        estimators that need more noise (e.g. conditional Gumbels) use N > samples."""
+        return (self.samples, *logits_shape)
+
     def draw_uniforms(self, logits: Tensor) -> Tensor:
-        return uniform(noise_shape(logits, self.samples), logits)
+        return uniform(self.noise_shape(tuple(logits.shape)), logits)
 
     def forward(self, logits: Tensor, f: Objective, u: Tensor | None = None) -> Estimate:
         """Estimate the gradient of mean_b E[f_b(z)].
@@ -184,6 +195,37 @@ class Estimator(nn.Module):
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:  # pragma: no cover
         raise NotImplementedError
+
+    # --- sequential latents ---------------------------------------------------------------------
+    # A sequential model (``model.sequential``; e.g. the recurrent attention classifier) draws
+    # latent t from logits that depend on z_<t, so it cannot hand over all logits at once. It drives
+    # the rollout itself instead: for t = 1..T it calls ``sample_step(logits_t, u_t)``, evaluates f
+    # once at the rolled-out z and calls ``finish``. Only estimators that evaluate f once and
+    # implement ``sample_step`` can do this (see ``sequential_support``).
+
+    def sequential_support(self) -> str | None:
+        """None when this estimator can run inside a sequential model, else why it cannot."""
+        if self.multi_eval:
+            return (f"it evaluates f {self.evals} times per example, but in a sequential model the "
+                    "later latents depend on the earlier samples of a single rollout")
+        if type(self).sample_step is Estimator.sample_step:
+            return ("it does not implement the per-step sampling hook (sample_step) that "
+                    "sequential models drive")
+        return None
+
+    def sample_step(self, logits_t: Tensor, u_t: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of a rollout. ``logits_t``: ``[B, K]`` (one categorical) or ``[B, n]``
+        (Bernoulli), possibly depending on earlier samples; ``u_t``: this step's uniforms
+        ``[N, B, ...]`` (the step's slice of ``noise_shape``). Returns ``z_t`` ``[1, B, ...]``
+        carrying the estimator's gradient path, and ``log q(z_t | z_<t)`` ``[1, B]`` of the
+        discrete sample (differentiable only where the estimator needs it, i.e. REINFORCE)."""
+        raise NotImplementedError
+
+    def finish(self, fz: Tensor, logq: Tensor, baseline_input: Tensor) -> Estimate:
+        """End of a rollout: ``fz`` ``[1, B]`` is f at the rolled-out z, ``logq`` ``[1, B]`` the sum
+        over steps of ``sample_step``'s log q, ``baseline_input`` ``[B, *latent_shape]`` a function
+        of x alone (not of z), for input-dependent baselines. Default: the pathwise estimate."""
+        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
 
 
 REGISTRY: dict[str, type[Estimator]] = {}
@@ -204,3 +246,33 @@ def check_positive(key: str, value: float) -> float:
     if not (is_number(value) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{key}={value} is invalid: it must be a finite number > 0")
     return float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Enumeration of latent configurations (the ``exact`` estimator and exact diagnostics).
+# --------------------------------------------------------------------------------------------
+
+MAX_CONFIGS = 65536
+
+
+def n_configs(kind: str, latent_shape) -> float:
+    """Number of latent configurations: 2^n (Bernoulli [n]) or K^n (categorical [n, K]); inf when
+    it does not fit in 64 bits."""
+    if kind == "bernoulli":
+        n = int(latent_shape[0])
+        return 2 ** n if n < 64 else math.inf
+    n, k = int(latent_shape[0]), int(latent_shape[1])
+    return k ** n if n * math.log2(max(k, 2)) < 64 else math.inf
+
+
+def all_configs(kind: str, latent_shape, device, dtype) -> Tensor:
+    """Every latent configuration, ``[M, *latent_shape]``, in a fixed order (configuration m has
+    digit i = (m // base^i) % base). Built with :func:`one_hot`, so it is safe under vmap."""
+    if kind == "bernoulli":
+        n = int(latent_shape[0])
+        codes = torch.arange(2 ** n, device=device)
+        return ((codes[:, None] >> torch.arange(n, device=device)) & 1).to(dtype)
+    n, k = int(latent_shape[0]), int(latent_shape[1])
+    codes = torch.arange(k ** n, device=device)
+    digits = torch.stack([(codes // k ** i) % k for i in range(n)], -1)     # [M, n]
+    return one_hot(digits, k, dtype)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import ConfigError, Estimate, Estimator, Objective, hard_sample, log_prob, register
+from .base import (ConfigError, Estimate, Estimator, Objective, hard_sample, log_prob, register,
+                   step_log_prob)
 
 BASELINES = ("none", "ema", "learned")
 
@@ -77,6 +78,19 @@ class Reinforce(Estimator):
         z = hard_sample(logits, self.kind, u)                # [S, B, ...], no gradient
         fz = f(z)                                            # [S, B]
         logq = log_prob(logits, z, self.kind)                # [S, B]
+        return self.finish(fz, logq, logits)
+
+    def sample_step(self, logits_t: Tensor, u_t: Tensor):
+        """Sequential rollouts (e.g. recurrent hard attention). z_t is a constant (the hard sample
+        carries no gradient, so nothing flows back through the chosen location); log q(z_t | z_<t)
+        keeps its gradient to everything upstream of logits_t, including the earlier steps' state,
+        because q(z) = prod_t q(z_t | z_<t) depends on those parameters too. Unbiased."""
+        z = hard_sample(logits_t, self.kind, u_t[:1])        # [1, B, ...], no gradient
+        return z, step_log_prob(logits_t, z, self.kind)
+
+    def finish(self, fz: Tensor, logq: Tensor, baseline_input: Tensor) -> Estimate:
+        """surrogate = mean[(f - b).detach() * log q + f] (+ the learned baseline's regression
+        loss); ``baseline_input`` (a function of x only, e.g. the logits) feeds the learned net."""
         stats = {}
         S = fz.shape[0]
         if S > 1:
@@ -87,7 +101,7 @@ class Reinforce(Estimator):
         else:
             b = self.ema.detach().clone().expand_as(fz)   # clone: the EMA is updated in place below
             if self.net is not None:
-                b = b + self.net(logits.detach().flatten(1)).squeeze(-1)   # [B] -> broadcast [1, B]
+                b = b + self.net(baseline_input.detach().flatten(1)).squeeze(-1)   # [B] -> [1, B]
             self._update_ema(fz)
         signal = (fz.detach() - b.detach())
         surrogate = (signal * logq + fz).mean(0).mean()

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .base import (ConfigError, Estimate, Estimator, Objective, check_positive, gumbel_noise,
-                   is_number, logistic_noise, one_hot, register)
+                   is_number, logistic_noise, one_hot, register, step_log_prob)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,11 @@ class GumbelSoftmax(_Relaxed):
         fz = f(y)
         return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
 
+    def sample_step(self, logits_t: Tensor, u_t: Tensor):
+        """Sequential rollouts: the relaxed sample (later steps see relaxed earlier glimpses)."""
+        y, h = relaxed_sample(logits_t, self.kind, u_t[:1], self.tau)
+        return y, step_log_prob(logits_t.detach(), h, self.kind)
+
 
 @register
 class STGumbelSoftmax(_Relaxed):
@@ -97,3 +102,8 @@ class STGumbelSoftmax(_Relaxed):
         y, h = relaxed_sample(logits, self.kind, u, self.tau)
         fz = f(h + (y - y.detach()))
         return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
+
+    def sample_step(self, logits_t: Tensor, u_t: Tensor):
+        """Sequential rollouts: hard sample forward, relaxed gradient backward, step by step."""
+        y, h = relaxed_sample(logits_t, self.kind, u_t[:1], self.tau)
+        return h + (y - y.detach()), step_log_prob(logits_t.detach(), h, self.kind)

@@ -39,6 +39,7 @@ class Binarize(Enum):
     dynamic = "dynamic"
     static = "static"
     threshold = "threshold"
+    none = "none"          # grey levels k/256 (the attention classifier's input)
 
 
 class Baseline(Enum):
@@ -106,6 +107,19 @@ class VAEConfig:
     kl: KL = KL.analytic
 
 
+@dataclass
+class AttentionConfig:
+    name: str = "attention"
+    latent: Latent = Latent.categorical   # glimpse locations: categorical only
+    glimpses: int = 4          # T glimpse steps
+    grid: int = 7              # grid x grid candidate glimpse centres (must divide the image side)
+    patch: int = 8             # glimpse side in pixels at the finest scale
+    scales: int = 2            # scale s covers patch * 2^s pixels, average-pooled to patch x patch
+    context: int = 7           # side of the coarse (average-pooled) view given to the location net
+    hidden: int = 256
+    recurrent: bool = False    # True: RAM-style core, location t depends on glimpses < t
+
+
 # --- data ------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
@@ -114,6 +128,17 @@ class DataConfig:
     cache_dir: Optional[str] = None   # default: $DISCOGRAD_DATA or ~/.cache/discograd
     binarize: Binarize = Binarize.dynamic
     seed: int = 0                     # static binarization and the fixed binarization of eval splits
+
+
+@dataclass
+class CanvasDataConfig(DataConfig):
+    """translated_mnist / cluttered_mnist (experiment/canvas.py)."""
+    name: str = "translated_mnist"
+    binarize: Binarize = Binarize.none
+    size: int = 60             # canvas side
+    clutter: int = 0           # fragments of other digits per image (cluttered_mnist)
+    fragment: int = 8          # fragment side
+    canvas_seed: int = 0       # placement of digits and fragments
 
 
 # --- harness ---------------------------------------------------------------------------------
@@ -171,7 +196,9 @@ def register_configs() -> None:
     cs.store(group="schema/estimator", name="relaxed", node=RelaxedConfig)
     cs.store(group="schema/model", name="toy", node=ToyConfig)
     cs.store(group="schema/model", name="vae", node=VAEConfig)
+    cs.store(group="schema/model", name="attention", node=AttentionConfig)
     cs.store(group="schema/data", name="mnist", node=DataConfig)
+    cs.store(group="schema/data", name="canvas", node=CanvasDataConfig)
 
 
 def plain(value):

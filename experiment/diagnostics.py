@@ -185,18 +185,26 @@ class Probe:
         gfn = vmap(grad(loss), in_dims=(None, 0))
         K = U.shape[0]
         chunk = max(1, min(K, CHUNK_FLOATS // max(self.P, 1)))
-        s1 = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-        s2 = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+        # per-chunk mean and centred sum of squares (float32, [chunk, P] work), combined across
+        # chunks in float64 with Chan et al.'s pairwise update (no cancellation at high SNR)
+        mean = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+        m2 = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+        count = 0
         for i in range(0, K, chunk):
             g = gfn(params, U[i:i + chunk])
+            nb = U[i:i + chunk].shape[0]
             for n, v in g.items():
-                v = v.double()
-                s1[n] += v.sum(0)
-                s2[n] += v.pow(2).sum(0)
-        return {n[len("model."):]: (s1[n] / K, (s2[n] - K * (s1[n] / K) ** 2) / (K - 1)) for n in s1}
+                mb = v.mean(0)
+                v.sub_(mb)
+                m2b = v.square_().sum(0).double()
+                delta = mb.double() - mean[n]
+                mean[n] += delta * (nb / (count + nb))
+                m2[n] += m2b + delta.square() * (count * nb / (count + nb))
+            count += nb
+        return {n[len("model."):]: (mean[n], m2[n] / (K - 1)) for n in mean}
 
-    def _noise(self, draws: int, samples: int, logits_shape) -> Tensor:
-        return uniform((draws, samples, *logits_shape), self.x.new_empty(()), generator=self.gen)
+    def _noise(self, draws: int, n: int, logits_shape) -> Tensor:
+        return uniform((draws, n, *logits_shape), self.x.new_empty(()), generator=self.gen)
 
     def exact_reference(self) -> dict[str, Tensor]:
         model, x = self.model, self.x
@@ -245,17 +253,17 @@ class Probe:
             else:
                 est = self.ref_estimator
                 est.eval()
-                U = self._noise(self.reference.draws, est.samples, logits_shape)
+                U = self._noise(self.reference.draws, est.noise_shape(logits_shape)[0], logits_shape)
                 mom = self._moments(est, U)
                 g_ref = {n: m for n, (m, _) in mom.items()}
                 ref_var = {n: v for n, (_, v) in mom.items()}
-            smax = max(e.samples for e in self.estimators.values())
-            U = self._noise(self.K, smax, logits_shape)
+            nmax = max(e.noise_shape(logits_shape)[0] for e in self.estimators.values())
+            U = self._noise(self.K, nmax, logits_shape)      # common random numbers
             rows = []
             for name, est in self.estimators.items():
                 _sync(device)
                 t0 = time.perf_counter()
-                mom = self._moments(est, U[:, :est.samples])
+                mom = self._moments(est, U[:, :est.noise_shape(logits_shape)[0]])
                 _sync(device)
                 per_estimate = (time.perf_counter() - t0) / self.K
                 for group in GROUPS:

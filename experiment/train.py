@@ -137,6 +137,9 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         self.estimator.set_step(self.step)
+        # zero first: an estimator with parameters of its own may write their gradients during its
+        # forward pass (e.g. RELAX's variance objective, computed with torch.autograd.grad)
+        self.opt.zero_grad(set_to_none=True)
         logits = self.model.logits(x)
         est = self.estimator(logits, self.model.objective(x, logits))
         surrogate, loss = est.surrogate, est.loss
@@ -144,7 +147,6 @@ class Trainer:
         if extra is not None:
             surrogate = surrogate + extra.mean()
             loss = loss + extra.detach()
-        self.opt.zero_grad(set_to_none=True)
         surrogate.backward()
         self.opt.step()
         return loss.mean(), est.stats

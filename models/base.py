@@ -16,12 +16,17 @@ class LatentModel(nn.Module):
 
     kind: ``bernoulli`` or ``categorical``; latent_shape: ``(n,)`` or ``(n, K)``.
     needs_data: False for models with no data set (the toy problem).
-    sequential: True when later latents depend on earlier samples (refuses multi-eval estimators).
+    sequential: True when later latents depend on earlier samples (refuses multi-eval estimators);
+        such a model drives the sampling itself in :meth:`sequential_estimate`.
+    needs_labels: True for supervised models: the harness then appends the label to every input
+        row (:func:`with_labels`; the model splits it off with :func:`split_labels`), so that every
+        path that hands ``x`` to the model (training step, evaluation, diagnostic probe) carries it.
     main_metric: the metric name (test split) reported as the run's headline.
     """
 
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = False
     sequential: ClassVar[bool] = False
     main_metric: ClassVar[str] = "loss"
     kind: str
@@ -32,6 +37,12 @@ class LatentModel(nn.Module):
 
     def objective(self, x: Tensor, logits: Tensor) -> Callable[[Tensor], Tensor]:
         """f(z): samples [S, B, ...] -> per-example loss [S, B]."""
+        raise NotImplementedError
+
+    def sequential_estimate(self, x: Tensor, estimator, u: Tensor | None = None):
+        """Sequential models only: roll the latents out step by step with
+        ``estimator.sample_step`` (u: uniforms of ``estimator.noise_shape((B, *latent_shape))``,
+        drawn if None), evaluate f once, return ``estimator.finish(...)`` (an Estimate)."""
         raise NotImplementedError
 
     def extra_loss(self, x: Tensor, logits: Tensor) -> Tensor | None:
@@ -54,3 +65,13 @@ class LatentModel(nn.Module):
     def evaluate(self, x: Tensor, samples: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Per-example evaluation metrics with hard (exact) samples: name -> [B] tensor."""
         raise NotImplementedError
+
+
+def with_labels(x: Tensor, y: Tensor) -> Tensor:
+    """Inputs of a supervised model: ``[B, D + 1]``, the integer label as the last column."""
+    return torch.cat([x, y.to(x.dtype).unsqueeze(-1)], -1)
+
+
+def split_labels(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(pixels ``[B, D]``, labels int64 ``[B]``) from :func:`with_labels` inputs."""
+    return x[..., :-1], x[..., -1].round().long()

@@ -1,0 +1,142 @@
+"""Translated and cluttered MNIST (Mnih et al. 2014, arXiv:1406.6247, section 4.1), generated
+deterministically from the 50k/10k/10k MNIST split and cached like MNIST itself.
+
+* ``translated_mnist``: each 28x28 digit pasted at a uniformly random position of a
+  ``size`` x ``size`` black canvas (60x60 in the paper).
+* ``cluttered_mnist``: the same, plus ``clutter`` random ``fragment`` x ``fragment`` crops of other
+  digits of the same split at random positions (the paper: 8x8 fragments on 60x60). The clutter is
+  drawn first and the digit on top of it; overlaps keep the brighter pixel (max).
+
+Every choice (position, fragment source, crop offset, fragment position) comes from a numpy
+generator seeded by ``(seed, split, size, clutter, fragment)``, so a split does not depend on the
+other splits and the same config always gives the same images. Labels are the digits' labels.
+Pixels keep MNIST's uint8 grey level ``k`` (probability ``k/256``); binarization, if any, is applied
+later by :class:`experiment.data.MNISTData` exactly as for MNIST.
+
+Cache: ``canvas-v1-<size>-<clutter>-<fragment>-<seed>-<source hash>.npz`` (compressed npz, arrays
+``{split}_images`` / ``{split}_labels``) plus its ``.sha256`` sidecar, written atomically, sidecar
+last, under the MNIST cache lock; the checksum is verified before the file is parsed and a cache
+that fails it is discarded and regenerated. The source hash (MNIST's content hash) ties the cache
+to the digits it was made from.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import (SPLITS, DataError, Splits, _atomic_write, _locked, _sha256, content_sha256,
+                   default_cache_dir)
+
+log = logging.getLogger(__name__)
+
+DIGIT = 28
+CANVAS_DATASETS = ("translated_mnist", "cluttered_mnist")
+
+
+def _rng(seed: int, split: str, size: int, clutter: int, fragment: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(
+        [int(seed), SPLITS.index(split), int(size), int(clutter), int(fragment)]))
+
+
+def render(images: np.ndarray, size: int, clutter: int, fragment: int,
+           rng: np.random.Generator) -> np.ndarray:
+    """Canvases uint8 ``[N, size*size]`` from 28x28 digits uint8 ``[N, 784]``.
+
+    Fragments of image i come from other images j != i of the same array."""
+    n = len(images)
+    if size < DIGIT:
+        raise ValueError(f"canvas size {size} is smaller than a {DIGIT}x{DIGIT} digit")
+    if clutter and not 1 <= fragment <= DIGIT:
+        raise ValueError(f"fragment size {fragment} must be in 1..{DIGIT}")
+    digits = np.asarray(images, dtype=np.uint8).reshape(n, DIGIT, DIGIT)
+    out = np.zeros((n, size, size), dtype=np.uint8)
+    pos = rng.integers(0, size - DIGIT + 1, size=(n, 2))
+    if clutter and n > 1:
+        src = (np.arange(n)[:, None] + rng.integers(1, n, size=(n, clutter))) % n   # never i itself
+        crop = rng.integers(0, DIGIT - fragment + 1, size=(n, clutter, 2))
+        where = rng.integers(0, size - fragment + 1, size=(n, clutter, 2))
+        for i in range(n):
+            for k in range(clutter):
+                (a, b), (r, c) = crop[i, k], where[i, k]
+                piece = digits[src[i, k], a:a + fragment, b:b + fragment]
+                view = out[i, r:r + fragment, c:c + fragment]
+                np.maximum(view, piece, out=view)
+    for i in range(n):
+        r, c = pos[i]
+        view = out[i, r:r + DIGIT, c:c + DIGIT]
+        np.maximum(view, digits[i], out=view)
+    return out.reshape(n, size * size)
+
+
+def make_canvas(splits: Splits, size: int = 60, clutter: int = 0, fragment: int = 8,
+                seed: int = 0) -> Splits:
+    """Every split of ``splits`` rendered on canvases; labels unchanged (copied)."""
+    return {name: (render(x, size, clutter, fragment, _rng(seed, name, size, clutter, fragment)),
+                   np.asarray(y, dtype=np.int64).copy())
+            for name, (x, y) in splits.items()}
+
+
+def _cache_name(size: int, clutter: int, fragment: int, seed: int, source: str) -> str:
+    return f"canvas-v1-{size}-{clutter}-{fragment}-{seed}-{source[:12]}.npz"
+
+
+def _read(path: Path, sum_path: Path, splits: Splits, size: int) -> Splits | None:
+    """The cached canvases, None when absent; raises ValueError when present but bad."""
+    if not path.exists() and not sum_path.exists():
+        return None
+    try:
+        expected = sum_path.read_text().split()[0]
+        blob = path.read_bytes()
+    except (OSError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cache {path} or its checksum is unreadable ({exc})") from exc
+    got = _sha256(blob)
+    if got != expected:
+        raise ValueError(f"cache {path} has sha256 {got}, its sidecar says {expected}")
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        out = {s: (npz[f"{s}_images"], npz[f"{s}_labels"]) for s in splits}
+    for s, (x, y) in out.items():
+        n = len(splits[s][1])
+        if x.shape != (n, size * size) or x.dtype != np.uint8 or not np.array_equal(y, splits[s][1]):
+            raise ValueError(f"cache {path}: split {s} does not match its source")
+    return out
+
+
+def load_canvas(splits: Splits, size: int = 60, clutter: int = 0, fragment: int = 8,
+                seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Splits:
+    """:func:`make_canvas` of ``splits``, read from / written to the cache (see module doc)."""
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    name = _cache_name(size, clutter, fragment, seed, content_sha256(splits))
+    path, sum_path = directory / name, directory / (name + ".sha256")
+    with contextlib.suppress(ValueError, OSError):
+        cached = _read(path, sum_path, splits, size)
+        if cached is not None:
+            return cached
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the data cache directory {directory} ({exc}); set "
+                        "DISCOGRAD_DATA or data.cache_dir to a writable directory") from exc
+    with _locked(directory):
+        try:
+            cached = _read(path, sum_path, splits, size)
+            if cached is not None:
+                return cached
+        except (ValueError, OSError) as exc:
+            log.warning("discarding the canvas cache: %s; regenerating", exc)
+            for p in (sum_path, path):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        log.info("generating %dx%d canvases (clutter %d) into %s", size, size, clutter, path)
+        out = make_canvas(splits, size, clutter, fragment, seed)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{f"{s}_{k}": a for s in out
+                                    for k, a in zip(("images", "labels"), out[s])})
+        blob = buf.getvalue()
+        _atomic_write(path, blob)
+        _atomic_write(sum_path, f"{_sha256(blob)}  {name}\n".encode())
+        return out
