@@ -1,4 +1,7 @@
-"""Post-processing of run folders: runs -> tidy DataFrames (plots and tables build on these)."""
-from .runs import find_runs, read_run
+"""Post-processing of run folders: runs -> tidy DataFrames -> plots, tables and a report.
 
-__all__ = ["find_runs", "read_run"]
+``python -m analysis PATH [--out DIR]``.
+"""
+from .runs import Collection, collect, find_runs, read_run
+
+__all__ = ["Collection", "collect", "find_runs", "read_run"]

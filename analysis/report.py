@@ -1,0 +1,69 @@
+"""``report.md``: the figures and tables of a collection of runs, readable on a code host."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots
+from .runs import collect
+from .tables import to_markdown, write_tables
+
+
+def main_metric(runs: pd.DataFrame) -> str | None:
+    for c in ("final.test/bound_1000", "final.test/loss", "final.test/accuracy", "final.test/exact_loss"):
+        if c in runs.columns and runs[c].notna().any():
+            return c
+    return None
+
+
+def make_report(path: str | Path, out: str | Path | None = None) -> Path:
+    path = Path(path)
+    out = Path(out) if out is not None else path / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    col = collect(path)
+    col.save(out)
+    figures: list[tuple[str, Path]] = []
+    for model in sorted(col.runs["model.name"].dropna().unique()):
+        ids = set(col.runs.loc[col.runs["model.name"] == model, "run"])
+        m = col.metrics[col.metrics.run.isin(ids)]
+        g = col.grad_stats[col.grad_stats.run.isin(ids)] if not col.grad_stats.empty else col.grad_stats
+        r = col.runs[col.runs.run.isin(ids)]
+        figures += [(f"{model}: training curves against steps", p)
+                    for p in plots.training_curves(m, out, model, "step") if p.suffix == ".png"]
+        figures += [(f"{model}: training curves against wall-clock time", p)
+                    for p in plots.training_curves(m, out, model, "wall_time") if p.suffix == ".png"]
+        if not g.empty:
+            figures += [(f"{model}: gradient variance, bias² and cosine during training", p)
+                        for p in plots.gradient_curves(g, out, model) if p.suffix == ".png"]
+            figures += [(f"{model}: bias and variance at the last probe; variance at equal cost", p)
+                        for p in plots.bias_variance_scatter(g, out, model) if p.suffix == ".png"]
+        metric = main_metric(r)
+        if metric:
+            figures += [(f"{model}: final {metric[6:]} against temperature", p)
+                        for p in plots.temperature(r, out, model, metric) if p.suffix == ".png"]
+    table, _ = write_tables(col.runs, out)
+    status = col.runs["status"].value_counts().to_dict()
+    lines = [f"# discograd report: `{path}`", "",
+             f"{len(col.runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(status.items())), "",
+             "## Final test metrics", "",
+             "Mean ± standard deviation over seeds (n runs); bounds and ELBOs as positive nats "
+             "(lower is better). Files: `table.md`, `table.tex`, `table.csv`.", "",
+             to_markdown(table)]
+    bad = col.runs[col.runs.status != "completed"]
+    if not bad.empty:
+        lines += ["## Runs that did not complete", "", "| run | status | error |", "|---|---|---|"]
+        for _, r in bad.iterrows():
+            err = r.get("error", "")
+            err = "" if isinstance(err, float) and math.isnan(err) else str(err)
+            lines.append(f"| `{r.run}` | {r.status} | {err.replace('|', '/')} |")
+        lines.append("")
+    lines += ["## Figures", "", "Mean over seeds, shaded: ± one standard error.", ""]
+    for title, p in figures:
+        lines += [f"### {title}", "", f"![{title}]({p.name})", ""]
+    lines += ["## Data", "", "Tidy tables of every run: `runs.csv` (config, status, final metrics), "
+              "`metrics.csv`, `grad_stats.csv` (long format, with `run` and `label`).", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
