@@ -93,11 +93,26 @@ class CSVLog:
 
 
 class MetricsLog(CSVLog):
-    def __init__(self, path: Path):
+    """metrics.csv; with ``tensorboard=True`` every row also goes to TensorBoard event files in
+    the same folder (tag ``split/metric``), for watching runs live."""
+
+    def __init__(self, path: Path, tensorboard: bool = False):
         super().__init__(path, METRICS_HEADER)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(log_dir=str(Path(path).parent), flush_secs=10)
 
     def log(self, step: int, epoch: int, wall_time: float, split: str, values: dict[str, float]) -> None:
         self.write([step, epoch, f"{wall_time:.3f}", split, k, repr(float(v))] for k, v in values.items())
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(f"{split}/{k}", float(v), step)
+
+    def close(self) -> None:
+        super().close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 def versions() -> dict[str, str]:

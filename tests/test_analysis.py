@@ -102,3 +102,26 @@ def test_analysis_of_an_empty_folder_fails_clearly(tmp_path):
     r = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path)], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "no run folders" in r.stderr
+
+
+def test_submitit_local_multirun_runs_the_cluster_code_path(tmp_path):
+    """hydra/launcher=submitit_local pickles the job and runs it in a fresh process through
+    submitit, as on SLURM (needs the package installed, as the README's commands do)."""
+    sh(str(ROOT / "run.py"), "-m", "hydra/launcher=submitit_local", "model=toy", "estimator=st",
+       "seed=0,1", "train.steps=20", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    from analysis.runs import collect
+    runs = collect(tmp_path / "s").runs
+    assert sorted(runs.seed) == [0, 1] and (runs.status == "completed").all()
+    assert list((tmp_path / "s" / ".submitit").iterdir())
+
+
+def test_tensorboard_event_files_next_to_the_csvs(tmp_path):
+    out = tmp_path / "run"
+    sh(str(ROOT / "run.py"), "model=toy", "estimator=st", "train.steps=30", "train.log_every=10",
+       "logger.tensorboard=true", f"hydra.run.dir={out}", cwd=tmp_path)
+    events = list(out.glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [10, 20, 30]

@@ -534,17 +534,19 @@ EXTREME = {"bernoulli": _bern([50.0, -50.0, 1e3, -1e3, 0.0]),
            "categorical": torch.tensor([[1e3, -1e3, 0.0], [50.0, -50.0, 0.0], [1e3, 1e3, -1e3]])}
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-@pytest.mark.parametrize("kind", KINDS)
+SUPPORTED = [(n, k) for n in sorted(REGISTRY) for k in KINDS if k in REGISTRY[n].kinds]
+
+
+@pytest.mark.parametrize("name, kind", SUPPORTED)
 def test_extreme_logits_and_tiny_tau_stay_finite(kind, name):
-    if kind not in REGISTRY[name].kinds:
-        pytest.skip(f"{name} does not support {kind}")
     torch.manual_seed(0)
     row, rows = EXTREME[kind], 20_000
-    kw = {"tau": fixed_tau(1e-3)} if takes_tau(name) else {}
-    est = build(name, kind, row.shape, samples=2, **kw)
+    # the smallest temperature each estimator accepts (ReinMax requires tau >= 1)
+    kw = {"tau": fixed_tau(1.0 if name == "reinmax" else 1e-3)} if takes_tau(name) else {}
+    samples = 1 if name == "exact" else 2
+    est = build(name, kind, row.shape, samples=samples, **kw)
     tiny, top = torch.finfo(torch.float32).tiny, 1 - F32_EPS
-    noise_shape = (2, rows, *row.shape)
+    noise_shape = est.noise_shape((rows, *row.shape))
     for u in (None, torch.full(noise_shape, tiny), torch.full(noise_shape, top)):
         logits = row.expand(rows, *row.shape).clone().requires_grad_()
         theta = torch.full((rows, *row.shape), 0.3, requires_grad=True)
@@ -613,7 +615,10 @@ def test_tau_schedule_rejects_invalid(key, value):
 SHAPES = {"bernoulli": (4,), "categorical": (2, 3)}
 
 
-@pytest.mark.parametrize("name", ["st", "reinforce", "gumbel", "st_gumbel"])
+BASE = ["st", "reinforce", "gumbel", "st_gumbel"]
+
+
+@pytest.mark.parametrize("name", BASE)
 def test_design_estimators_registered_for_both_kinds(name):
     assert name in REGISTRY
     assert set(REGISTRY[name].kinds) == set(KINDS)
@@ -632,9 +637,15 @@ def test_interface(name, kind, samples):
             cls(kind, shape, samples=samples)
         return
     torch.manual_seed(0)
-    est = cls(kind, shape, samples=samples)
-    assert est.evals == samples and est.properties()["evals"] == samples
-    assert est.multi_eval == (samples > 1)
+    try:
+        est = cls(kind, shape, samples=samples)
+    except ConfigError as e:          # e.g. rloo needs samples >= 2, exact takes no samples
+        assert "samples" in str(e) and str(samples) in str(e)
+        return
+    assert est.evals >= samples and est.properties()["evals"] == est.evals
+    if name in BASE:
+        assert est.evals == samples
+    assert est.multi_eval == (est.evals > 1)
     B = 5
     logits = torch.randn(B, *shape, requires_grad=True)
     theta = torch.randn(B, *shape, requires_grad=True)
@@ -642,23 +653,20 @@ def test_interface(name, kind, samples):
     def f(z):
         return (z - theta).pow(2).flatten(2).sum(-1)
 
-    u = uniform((samples, *logits.shape), logits)
+    u = uniform(est.noise_shape(tuple(logits.shape)), logits)
     out = est(logits, f, u)
     assert out.surrogate.dim() == 0
     assert out.loss.shape == (B,) and not out.loss.requires_grad
     assert all(v.dim() == 0 and not v.requires_grad for v in out.stats.values())
-    if not cls.relaxed:               # f is evaluated at exact samples
+    if name in BASE and not cls.relaxed:      # f is evaluated at exact samples
         torch.testing.assert_close(out.loss, f(hard_sample(logits, kind, u)).detach().mean(0))
     out.surrogate.backward()
     assert logits.grad is not None and logits.grad.shape == logits.shape
     assert torch.isfinite(logits.grad).all() and torch.isfinite(theta.grad).all()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name, kind", SUPPORTED)
 def test_constant_f_gives_zero_gradient(name, kind):
-    if kind not in REGISTRY[name].kinds:
-        pytest.skip(f"{name} does not support {kind}")
     torch.manual_seed(0)
     case = CASES[f"{kind}-constant"]
     est = build(name, kind, case.shape)
