@@ -8,7 +8,9 @@ from __future__ import annotations
 from .base import (KINDS, REGISTRY, ConfigError, Estimate, Estimator, hard_sample, log_prob,
                    probs, uniform)
 from . import straight_through, reinforce, relaxed  # noqa: F401  (registration)
+from . import arm, exact, gst, gumbel_rao, muprop, reinmax, rloo  # noqa: F401  (registration)
 from .relaxed import TauSchedule
+from . import rebar, relax, vimco  # noqa: F401,E402  (registration: REBAR, RELAX, VIMCO)
 
 
 def build_estimator(cfg, kind: str, latent_shape) -> Estimator:

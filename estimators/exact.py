@@ -49,9 +49,16 @@ class Exact(Estimator):
         configs = all_configs(self.kind, self.latent_shape, logits.device, logits.dtype)  # [M, ...]
         B = logits.shape[0]
         rows = max(1, CHUNK_ROWS // max(B, 1))
-        expectation = logits.new_zeros(B)
+        surrogate = expectation = logits.new_zeros(B)
+        ref = None
         for i in range(0, self.configs, rows):
             z = configs[i:i + rows].unsqueeze(1).expand(-1, B, *self.latent_shape)
             q = log_prob(logits, z, self.kind).exp()                 # [m, B]
-            expectation = expectation + (q * f(z)).sum(0)
-        return Estimate(surrogate=expectation.mean(), loss=expectation.detach())
+            fz = f(z)                                                # [m, B]
+            if ref is None:
+                ref = fz[0].detach()          # f at the first configuration, per example
+            # sum_z grad q(z) = 0, so subtracting the constant ref changes no gradient; it removes
+            # the float cancellation (a constant f gives exactly zero)
+            surrogate = surrogate + (q * (fz - ref)).sum(0)
+            expectation = expectation + (q * fz).detach().sum(0)
+        return Estimate(surrogate=surrogate.mean(), loss=expectation)

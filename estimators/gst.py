@@ -1,9 +1,8 @@
 """Gapped straight-through, GST-1.0 (Fan, Cheng, Huang, Zhang & Xia 2022, "Training Discrete Deep
 Generative Models via Gapped Straight-Through Estimator", ICML, arXiv:2206.07235, section 4).
 
-A Rao-Blackwellisation-free, low-variance replacement for ST-Gumbel-softmax: instead of random
-Gumbel perturbations consistent with the sample, GST builds *deterministic* perturbed logits
-theta' that (1) are consistent with the one-hot sample D (argmax theta' = the sampled class i) and
+A cheap replacement for Gumbel-Rao (which averages the ST-Gumbel gradient over random Gumbel
+perturbations consistent with the sample): GST builds *deterministic* perturbed logits theta' that (1) are consistent with the one-hot sample D (argmax theta' = the sampled class i) and
 (2) keep a gap: the sampled class is raised to the current maximum logit, every other class is
 lowered to at most ``gap`` below it, and nothing else moves:
     theta'_i = max_k theta_k,    theta'_j = min(theta_j, max_k theta_k - gap)  (j != i),

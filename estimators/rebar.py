@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (ConfigError, Estimate, Estimator, Objective, gumbel_noise, hard_sample,
-                   log_prob, logistic_noise, register, uniform)
+                   log_prob, logistic_noise, probs, register, uniform)
 
 LOG_TAU_MIN, LOG_TAU_MAX = math.log(1e-3), math.log(1e3)
 
@@ -82,7 +82,8 @@ def relax(z: Tensor, kind: str, tau: Tensor) -> Tensor:
 class Rebar(Estimator):
     name = "rebar"
     unbiased = True
-    relaxed = False          # f(b) is evaluated at exact samples; relaxed values only in c(z)
+    relaxed = True           # f is also evaluated at relaxed samples (the control variate);
+                             # the reported loss is f(b) at the exact samples
 
     def __init__(self, kind, latent_shape, samples=1, tau_init: float = 0.5, eta_init: float = 1.0,
                  learn: bool = True):
@@ -125,7 +126,7 @@ class Rebar(Estimator):
         return super().forward(logits, f, u)
 
     def scalars(self) -> dict[str, float]:
-        return {"tau": float(self._log_tau(self.log_tau).exp()), "eta": float(self.eta)}
+        return {"tau": float(self._log_tau(self.log_tau.detach()).exp()), "eta": float(self.eta.detach())}
 
     # --- pieces that RELAX extends ----------------------------------------------------------
     @staticmethod
@@ -168,26 +169,33 @@ class Rebar(Estimator):
         if extra is not None:
             cz, czt = cz + extra[:S], czt + extra[S:]
         logq = log_prob(logits, b, kind)                       # [S, B]
-        per_sample = (fb - czt).detach() * logq + fb + cz - czt
-        surrogate = per_sample.mean(0).mean()
+        pathwise = fb + cz - czt                               # reparameterised part + f's own
+        surrogate = ((fb - czt).detach() * logq + pathwise).mean(0).mean()
         stats = {}
         if train_cv:
-            stats["cv_variance"] = self._train_control_variate(surrogate, logits, own)
+            stats["cv_variance"] = self._train_control_variate(logits, b, fb - czt, pathwise, own)
         return Estimate(surrogate=surrogate, loss=fb.detach().mean(0), stats=stats)
 
-    def _train_control_variate(self, surrogate: Tensor, logits: Tensor,
+    def _train_control_variate(self, logits: Tensor, b: Tensor, signal: Tensor, pathwise: Tensor,
                                own: dict[str, Tensor]) -> Tensor:
         """Accumulate d/d(own) of the single-sample variance objective into the Parameters' .grad.
 
-        g_b = B * d surrogate / d logits_b is example b's gradient estimate with respect to its
-        logits; the objective is 1/B sum_b ||g_b||^2 (Tucker et al. section 3.2; Grathwohl et al.
-        section 3.3, 'gradient of the variance')."""
-        B = logits.shape[0]
-        g, = torch.autograd.grad(surrogate, logits, create_graph=True)
-        var = (g * B).pow(2).sum() / B
+        The estimate of example b's gradient with respect to its logits is
+            g_b = 1/S sum_s [signal_s * (b_s - probs) + d pathwise_s / d logits_b],
+        signal = f(b) - c(z~) *not* detached here (its dependence on eta, lambda, rho is part of
+        d g / d phi; Grathwohl et al. eq. (6)), d log q(b) / d logits = b - probs in closed form.
+        The objective is 1/B sum_b ||g_b||^2 (Tucker et al. section 3.2; Grathwohl et al.
+        section 3.3); its gradient with respect to the estimator's own leaves only is taken by
+        double backpropagation, and added to the Parameters' .grad."""
+        S, B = b.shape[0], logits.shape[0]
+        g_path, = torch.autograd.grad(pathwise.sum() / S, logits, create_graph=True)
+        score = b - probs(logits.detach(), self.kind)          # d log q(b) / d logits, [S, B, ...]
+        coef = signal.reshape(*signal.shape, *([1] * (b.dim() - 2)))
+        g = g_path + (coef * score).mean(0)                    # [B, ...]: per-example estimates
+        var = g.pow(2).sum() / B
         names = [n for n, q in own.items() if q.requires_grad]
-        leaves = [own[n] for n in names]
-        grads = torch.autograd.grad(var, leaves, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(var, [own[n] for n in names], retain_graph=True,
+                                    allow_unused=True)
         params = dict(self.named_parameters())
         for n, gr in zip(names, grads):
             if gr is None:

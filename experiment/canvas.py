@@ -140,3 +140,8 @@ def load_canvas(splits: Splits, size: int = 60, clutter: int = 0, fragment: int 
         _atomic_write(path, blob)
         _atomic_write(sum_path, f"{_sha256(blob)}  {name}\n".encode())
         return out
+
+
+def image_side(data_cfg) -> int:
+    """Side of the square images of a data config: ``data.size`` for the canvases, 28 for MNIST."""
+    return int(data_cfg.size) if data_cfg.name in CANVAS_DATASETS else DIGIT

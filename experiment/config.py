@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -35,6 +35,11 @@ class KL(Enum):
     sampled = "sampled"
 
 
+class ModelObjective(Enum):
+    elbo = "elbo"      # single-sample ELBO: every estimator of E_q[f]
+    iwae = "iwae"      # S-sample bound (Burda et al. 2016): f = -log w, estimators like vimco
+
+
 class Binarize(Enum):
     dynamic = "dynamic"
     static = "static"
@@ -51,6 +56,11 @@ class Baseline(Enum):
 class Resume(Enum):
     auto = "auto"
     never = "never"
+
+
+class OnNaN(Enum):
+    stop = "stop"      # status diverged, logs kept, non-zero exit
+    skip = "skip"      # skip the step (no parameter update) and count it; costs a sync per step
 
 
 class Progress(Enum):
@@ -87,6 +97,38 @@ class RelaxedConfig(EstimatorConfig):
     tau: TauConfig = field(default_factory=TauConfig)
 
 
+@dataclass
+class GumbelRaoConfig(RelaxedConfig):
+    name: str = "gumbel_rao"
+    mc_samples: int = 10       # conditional Gumbel draws per sample (Paulus et al. 2021)
+
+
+@dataclass
+class GSTConfig(RelaxedConfig):
+    name: str = "gst"
+    gap: float = 1.0           # GST-1.0 (Fan et al. 2022)
+
+
+@dataclass
+class RebarConfig(EstimatorConfig):
+    name: str = "rebar"
+    tau_init: float = 0.5      # initial temperature of the learned relaxation, in [1e-3, 1e3]
+    eta_init: float = 1.0      # initial scale of the control variate
+    learn: bool = True         # train eta, tau (and RELAX's net) by minimising the variance
+
+
+@dataclass
+class RelaxConfig(RebarConfig):
+    name: str = "relax"
+    hidden: int = 100          # hidden units of RELAX's control-variate net r_rho(z)
+
+
+@dataclass
+class VimcoConfig(EstimatorConfig):
+    name: str = "vimco"
+    samples: int = 5           # S >= 2 samples of the multi-sample bound
+
+
 # --- models ----------------------------------------------------------------------------------
 @dataclass
 class ToyConfig:
@@ -105,6 +147,7 @@ class VAEConfig:
     classes: int = 10
     hidden: List[int] = field(default_factory=list)
     kl: KL = KL.analytic
+    objective: ModelObjective = ModelObjective.elbo   # iwae: the S-sample bound (estimator=vimco)
 
 
 @dataclass
@@ -152,6 +195,7 @@ class TrainConfig:
     checkpoint_every: int = 2000
     resume: Resume = Resume.auto
     progress: Progress = Progress.auto
+    on_nan: OnNaN = OnNaN.stop
 
 
 @dataclass
@@ -170,6 +214,20 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class LoggerConfig:
+    tensorboard: bool = False   # also write TensorBoard event files in the run folder (extra)
+
+
+@dataclass
+class PresetConfig:
+    name: str = MISSING
+    source: str = ""
+    protocol: str = ""
+    metric: str = ""               # e.g. test/bound_1000, shown as positive nats
+    published: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     estimator: Any = MISSING
@@ -179,6 +237,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # set by paper presets (configs/experiment/): name, protocol, the final metric the published
+    # numbers refer to, and published.<estimator> values; read by the analysis tables
+    preset: Optional[PresetConfig] = None
 
 
 # One identifier per launching process, so that two runs started in the same second never share
@@ -194,6 +256,11 @@ def register_configs() -> None:
     cs.store(group="schema/estimator", name="base", node=EstimatorConfig)
     cs.store(group="schema/estimator", name="reinforce", node=ReinforceConfig)
     cs.store(group="schema/estimator", name="relaxed", node=RelaxedConfig)
+    cs.store(group="schema/estimator", name="rebar", node=RebarConfig)
+    cs.store(group="schema/estimator", name="relax", node=RelaxConfig)
+    cs.store(group="schema/estimator", name="vimco", node=VimcoConfig)
+    cs.store(group="schema/estimator", name="gumbel_rao", node=GumbelRaoConfig)
+    cs.store(group="schema/estimator", name="gst", node=GSTConfig)
     cs.store(group="schema/model", name="toy", node=ToyConfig)
     cs.store(group="schema/model", name="vae", node=VAEConfig)
     cs.store(group="schema/model", name="attention", node=AttentionConfig)

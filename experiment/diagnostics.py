@@ -42,31 +42,46 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from estimators import REGISTRY, ConfigError, Estimator, log_prob, uniform
+from estimators.base import MAX_CONFIGS, all_configs, n_configs
 
 GRAD_STATS_HEADER = ["step", "estimator", "param_group", "samples", "reference", "mean_norm",
                      "variance", "bias2", "mse", "cosine", "snr", "evals", "seconds_per_estimate"]
 GROUPS = ("encoder", "decoder", "all")
-MAX_CONFIGS = 65536
 AUTO_M = 100
 REFERENCE_LOO = 10
 CHUNK_FLOATS = 1 << 24          # per-chunk budget of stacked gradient floats (64 MiB in float32)
 
 
 # --- configuration ------------------------------------------------------------------------------
-def n_configs(kind: str, latent_shape: tuple[int, ...]) -> int:
-    if kind == "bernoulli":
-        return 2 ** latent_shape[0] if latent_shape[0] < 64 else math.inf
-    n, k = latent_shape
-    return k ** n if n * math.log2(k) < 64 else math.inf
+def _buildable(name: str, kind: str, latent_shape, sequential: bool) -> str | None:
+    """None if estimator ``name`` (default settings) can be probed on this model, else why not."""
+    cls = REGISTRY[name]
+    if kind not in cls.kinds:
+        return f"does not support {kind} latents"
+    if getattr(cls, "objective", "mean") != "mean":
+        return "estimates the gradient of another objective (the multi-sample bound), not of E[f]"
+    try:
+        est = cls(kind, tuple(latent_shape))
+    except ConfigError as e:
+        return str(e)
+    if sequential and est.multi_eval:
+        return "evaluates f several times, which a sequential model cannot do"
+    return None
 
 
-def resolve_estimators(spec, trained: str, kind: str, sequential: bool) -> list[str]:
-    """Names for ``diagnostics.estimators``: None/'trained' = the trained one; 'all'; a list or a
-    comma-separated string of names."""
+def resolve_estimators(spec, trained: str, kind: str, sequential: bool,
+                       latent_shape=None) -> list[str]:
+    """Names for ``diagnostics.estimators``: None/'trained' = the trained one; 'all' = every
+    registered estimator that can run on this model with its default settings (e.g. ``exact``
+    only when the latent space is small enough to enumerate); a list or a comma-separated string
+    of names (each must be able to run)."""
     if spec is None or spec == "trained":
         return [trained]
     if spec == "all":
-        names = [n for n, c in sorted(REGISTRY.items()) if kind in c.kinds]
+        if latent_shape is None:
+            return [n for n, c in sorted(REGISTRY.items()) if kind in c.kinds]
+        names = [n for n in sorted(REGISTRY) if n == trained or
+                 _buildable(n, kind, latent_shape, sequential) is None]
         return names
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s) for s in spec]
     if not names:
@@ -79,6 +94,10 @@ def resolve_estimators(spec, trained: str, kind: str, sequential: bool) -> list[
         if kind not in REGISTRY[n].kinds:
             raise ConfigError(f"diagnostics.estimators contains {n!r}, which does not support "
                               f"{kind} latents (it supports {', '.join(REGISTRY[n].kinds)})")
+        why = None if latent_shape is None or n == trained else _buildable(n, kind, latent_shape, sequential)
+        if why:
+            raise ConfigError(f"diagnostics.estimators contains {n!r}, which cannot run on this "
+                              f"model: {why}")
     return list(dict.fromkeys(names))
 
 
@@ -195,7 +214,9 @@ class Probe:
             nb = U[i:i + chunk].shape[0]
             for n, v in g.items():
                 mb = v.mean(0)
-                v.sub_(mb)
+                # out of place: a gradient that does not depend on u (e.g. the exact estimator's)
+                # comes back from vmap as an expanded view, which cannot be written in place
+                v = v - mb
                 m2b = v.square_().sum(0).double()
                 delta = mb.double() - mean[n]
                 mean[n] += delta * (nb / (count + nb))
@@ -277,18 +298,6 @@ class Probe:
         for e, t in zip(self.estimators.values(), was_training[1:]):
             e.train(t)
         return rows
-
-
-def all_configs(kind: str, latent_shape, device, dtype) -> Tensor:
-    """Every latent configuration, [M, *latent_shape], in a fixed order."""
-    if kind == "bernoulli":
-        n = latent_shape[0]
-        codes = torch.arange(2 ** n, device=device)
-        return ((codes[:, None] >> torch.arange(n, device=device)) & 1).to(dtype)
-    n, k = latent_shape
-    codes = torch.arange(k ** n, device=device)
-    digits = torch.stack([(codes // k ** i) % k for i in range(n)], -1)     # [M, n]
-    return torch.nn.functional.one_hot(digits, k).to(dtype)
 
 
 def group_stats(mom, g_ref, ref_var, members, K, reference) -> list[float]:

@@ -7,9 +7,12 @@ and checkpoint steps.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from estimators import ConfigError, Estimator, build_estimator
 from models import MODELS, LatentModel
+from models.base import with_labels
 from .config import plain
 from .logbook import (CSVLog, MetricsLog, load_checkpoint, save_checkpoint, versions, write_json)
 from .validate import validate
@@ -25,10 +29,26 @@ from .validate import validate
 log = logging.getLogger("discograd")
 
 
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 class Diverged(RuntimeError):
     def __init__(self, step: int, quantity: str):
         super().__init__(f"non-finite {quantity} at step {step}")
         self.step, self.quantity = step, quantity
+
+
+def check_writable(folder: Path) -> None:
+    """Fail at start, not at the first checkpoint, when the run folder cannot be written."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write to the run folder {folder} ({e.strerror}); choose another "
+                          "with hydra.run.dir=... (hydra.sweep.dir=... for sweeps)") from e
 
 
 def pick_device(name: str) -> torch.device:
@@ -44,9 +64,25 @@ def build_model(cfg) -> LatentModel:
     kind = plain(m.latent)
     if m.name == "toy":
         return MODELS["toy"](dim=m.dim, t=m.t, latent=kind, classes=m.classes)
+    if m.name == "attention":
+        from .canvas import image_side
+        return MODELS["attention"](image_size=image_side(cfg.data), glimpses=m.glimpses, grid=m.grid,
+                                   patch=m.patch, scales=m.scales, context=m.context,
+                                   hidden=m.hidden, recurrent=bool(m.recurrent))
     latent_dim = m.latent_dim if m.latent_dim is not None else (200 if kind == "bernoulli" else 20)
     return MODELS["vae"](latent=kind, latent_dim=latent_dim, classes=m.classes,
-                         hidden=list(m.hidden), kl=plain(m.kl))
+                         hidden=list(m.hidden), kl=plain(m.kl), objective=plain(m.objective))
+
+
+def build_data(d, device: torch.device):
+    """The data set of config group ``data`` as an MNISTData on ``device``."""
+    from .canvas import CANVAS_DATASETS, load_canvas
+    from .data import MNISTData, load_mnist
+    splits = load_mnist(d.root, d.cache_dir)
+    if d.name in CANVAS_DATASETS:
+        splits = load_canvas(splits, int(d.size), int(d.clutter), int(d.fragment),
+                             int(d.canvas_seed), d.cache_dir)
+    return MNISTData(splits, plain(d.binarize), device, int(d.seed))
 
 
 class Batches:
@@ -81,27 +117,38 @@ class Trainer:
         validate(cfg)                                     # bad input fails before any work
         self.device = pick_device(plain(cfg.device))
         self.out.mkdir(parents=True, exist_ok=True)
+        check_writable(self.out)
+        if plain(cfg.train.resume) == "never" and (self.out / "metrics.csv").exists():
+            raise ConfigError(f"train.resume=never but the run folder {self.out} already holds a run "
+                              "(metrics.csv); use a new folder (hydra.run.dir=...) or train.resume=auto")
         torch.manual_seed(int(cfg.seed))
         self.model = build_model(cfg)
         self.estimator: Estimator = build_estimator(cfg.estimator, self.model.kind, self.model.latent_shape)
-        if self.model.sequential and self.estimator.multi_eval:
-            raise ConfigError(f"estimator '{self.estimator.name}' evaluates f {self.estimator.evals} times "
-                              f"per example, which model '{self.model.name}' (sequential latents) cannot do")
+        if self.model.sequential:
+            why = self.estimator.sequential_support()
+            if why is not None:
+                raise ConfigError(f"estimator '{self.estimator.name}' cannot train model "
+                                  f"'{self.model.name}' with sequential latents: {why}")
         dg = cfg.diagnostics
         self.probe = None
+        if int(dg.every) > 0 and self.model.sequential:
+            raise ConfigError(
+                f"diagnostics.every={dg.every} is not supported for model '{self.model.name}' with "
+                "sequential latents: the probe differentiates estimator(logits, f) with all logits "
+                "known in advance, which a model that drives its own rollout does not provide; "
+                "accepted: diagnostics.every=0 (or a non-sequential model)")
         if int(dg.every) > 0:
             from . import diagnostics
             spec = dg.estimators
             if spec is not None and not isinstance(spec, str):
                 spec = list(spec)
             self._diag_names = diagnostics.resolve_estimators(
-                spec, self.estimator.name, self.model.kind, self.model.sequential)
+                spec, self.estimator.name, self.model.kind, self.model.sequential,
+                self.model.latent_shape)
             self._diag_reference = diagnostics.parse_reference(dg.reference, self.model)
         self.data = None
         if self.model.needs_data:
-            from .data import MNISTData, load_mnist
-            d = cfg.data
-            self.data = MNISTData(load_mnist(d.root, d.cache_dir), plain(d.binarize), self.device, int(d.seed))
+            self.data = build_data(cfg.data, self.device)
             self.model.set_data_mean(self.data.train_mean())
         self.model.to(self.device)
         self.estimator.to(self.device)
@@ -115,6 +162,13 @@ class Trainer:
         self._no_data = torch.empty(int(cfg.train.batch_size), 0, device=self.device)
         self.step = 0
         self.elapsed = 0.0            # training + eval seconds over all sessions (resume-safe)
+        self.skip_nan = plain(cfg.train.on_nan) == "skip"
+        self.skipped = 0              # steps skipped for a non-finite loss or gradient
+        self._bad_loss = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._bad_grad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._loss_sum = torch.zeros((), device=self.device)   # training loss since the last log
+        self._n_sum = 0
+        self._signal = None
         self.eval_gen = torch.Generator(device=self.device)
         if int(dg.every) > 0:
             self.probe = diagnostics.Probe(self.model, self.estimator, self._diag_names,
@@ -127,35 +181,70 @@ class Trainer:
         if self.data is None:
             return torch.empty(n, 0, device=self.device)
         g = torch.Generator(device=self.device).manual_seed(int(self.cfg.data.seed))
-        return self.data.batch("train", torch.arange(n, device=self.device), generator=g)
+        return self.inputs("train", torch.arange(n, device=self.device), generator=g)
+
+    def inputs(self, split: str, index: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+        """Model inputs of ``split`` (all of it if ``index`` is None), with the labels appended
+        as the last column for supervised models (models.base.with_labels)."""
+        if index is None:
+            x = self.data.full(split)
+        else:
+            x = self.data.batch(split, index, generator=generator)
+        if self.model.needs_labels:
+            y = self.data.labels(split)
+            x = with_labels(x, y if index is None else y[index])
+        return x
 
     # --- pieces of a step -----------------------------------------------------------------------
     def next_batch(self) -> torch.Tensor:
         if self.data is None:            # the toy problem: batch_size independent draws, no data
             return self._no_data
-        return self.data.batch("train", self.batches.next())
+        return self.inputs("train", self.batches.next())
 
     def train_step(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         self.estimator.set_step(self.step)
         # zero first: an estimator with parameters of its own may write their gradients during its
         # forward pass (e.g. RELAX's variance objective, computed with torch.autograd.grad)
         self.opt.zero_grad(set_to_none=True)
-        logits = self.model.logits(x)
-        est = self.estimator(logits, self.model.objective(x, logits))
+        if self.model.sequential:   # the model drives the rollout through the estimator's hooks
+            est, extra = self.model.sequential_estimate(x, self.estimator), None
+        else:
+            logits = self.model.logits(x)
+            est = self.estimator(logits, self.model.objective(x, logits))
+            extra = self.model.extra_loss(x, logits)
         surrogate, loss = est.surrogate, est.loss
-        extra = self.model.extra_loss(x, logits)
         if extra is not None:
             surrogate = surrogate + extra.mean()
             loss = loss + extra.detach()
         surrogate.backward()
+        loss = loss.mean()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
+        if self.skip_nan:                   # opt-in: one host sync per step
+            if not bool(torch.isfinite(loss) & torch.isfinite(gnorm)):
+                self.skipped += 1
+                self.opt.zero_grad(set_to_none=True)
+                return None, est.stats
+        else:                               # remember the first non-finite step, on the device
+            step = self.step + 1
+            self._bad_loss = torch.where((self._bad_loss < 0) & ~torch.isfinite(loss), step, self._bad_loss)
+            self._bad_grad = torch.where((self._bad_grad < 0) & ~torch.isfinite(gnorm), step, self._bad_grad)
         self.opt.step()
-        return loss.mean(), est.stats
+        return loss, est.stats
+
+    def check_finite(self) -> None:
+        """At log steps (one sync): raise Diverged at the first step whose loss or gradient was
+        NaN or inf."""
+        bad_loss, bad_grad = int(self._bad_loss), int(self._bad_grad)
+        if bad_loss > 0 or bad_grad > 0:
+            cands = [(s, q) for s, q in ((bad_loss, "training loss"), (bad_grad, "gradient")) if s > 0]
+            raise Diverged(*min(cands))
 
     @torch.no_grad()
     def evaluate(self, split: str, samples_list: list[int]) -> dict[str, float]:
         self.model.eval()
         self.eval_gen.manual_seed(int(self.cfg.seed) * 1000003 + self.step)
-        x = self.data.full(split) if self.data is not None else torch.empty(1, 0, device=self.device)
+        x = self.inputs(split) if self.data is not None else torch.empty(1, 0, device=self.device)
         out: dict[str, float] = {}
         for s in samples_list:
             res = self.model.evaluate(x, s, generator=self.eval_gen)
@@ -171,7 +260,8 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"step": self.step, "elapsed": self.elapsed, "model": self.model.state_dict(),
                 "estimator": self.estimator.state_dict(), "optimizer": self.opt.state_dict(),
-                "batches": self.batches.state_dict(), "rng": rng,
+                "batches": self.batches.state_dict(), "rng": rng, "skipped": self.skipped,
+                "log_accumulator": {"sum": self._loss_sum, "n": self._n_sum},
                 "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)}
 
     def save(self) -> None:
@@ -190,17 +280,53 @@ class Trainer:
         if "cuda" in s["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(s["rng"]["cuda"].cpu(), self.device)
         self.step, self.elapsed = int(s["step"]), float(s["elapsed"])
+        self.skipped = int(s.get("skipped", 0))
+        acc = s.get("log_accumulator", {"sum": torch.zeros(()), "n": 0})
+        self._loss_sum, self._n_sum = acc["sum"].to(self.device), int(acc["n"])
         dropped = CSVLog.truncate_after(self.out / "metrics.csv", self.step)
         dropped += CSVLog.truncate_after(self.out / "grad_stats.csv", self.step)
         log.info("resumed from %s at step %d (%d log rows after it dropped)", path, self.step, dropped)
         return True
 
     # --- the run -------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signum               # acted on at the next step boundary
+
+    def _install_signals(self) -> dict:
+        """SIGTERM / SIGUSR1 (what SLURM sends before preemption) and SIGUSR2 (submitit's
+        timeout signal): checkpoint at the next step boundary, then exit or pass the signal on to
+        the previous handler (submitit's, which requeues the job)."""
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            try:
+                previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:               # not the main thread: leave signals alone
+                pass
+        return previous
+
+    def _completed_summary(self) -> dict | None:
+        path = self.out / "summary.json"
+        if not path.exists():
+            return None
+        try:
+            s = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+        if s.get("status") == "completed" and int(s.get("step", -1)) >= int(self.cfg.train.steps):
+            return s
+        return None
+
     def fit(self) -> dict:
         cfg, tr = self.cfg, self.cfg.train
         summary_path = self.out / "summary.json"
+        done = self._completed_summary()
+        if done is not None:                # never overwrite a completed run
+            log.info("run folder %s already holds a completed run of %d steps; nothing to do",
+                     self.out, done["step"])
+            return done
         resumed = self.try_resume()
-        metrics = MetricsLog(self.out / "metrics.csv")
+        previous_handlers = self._install_signals()
+        metrics = MetricsLog(self.out / "metrics.csv", tensorboard=bool(cfg.logger.tensorboard))
         grad_log = None
         if self.probe is not None:
             from .diagnostics import GRAD_STATS_HEADER
@@ -220,8 +346,7 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=steps, initial=self.step, dynamic_ncols=True, desc=self.estimator.name)
         status, error = "completed", None
-        loss_sum = torch.zeros((), device=self.device)
-        n_sum, t_mark, step_mark, paused = 0, time.perf_counter(), self.step, 0.0
+        t_mark, step_mark, paused = time.perf_counter(), self.step, 0.0
         t_session = time.perf_counter()
         elapsed0 = self.elapsed
         eval_s = 0.0
@@ -235,24 +360,27 @@ class Trainer:
             while self.step < steps:
                 loss, stats = self.train_step(self.next_batch())
                 self.step += 1
-                loss_sum += loss.detach()
-                n_sum += 1
+                if loss is not None:
+                    self._loss_sum += loss.detach()
+                    self._n_sum += 1
                 s = self.step
                 wall = elapsed0 + time.perf_counter() - t_session
                 if s % log_every == 0 or s == steps:
-                    mean_loss = (loss_sum / n_sum).item()   # the one sync of a log step
+                    self.check_finite()
+                    # the one sync of a log step
+                    mean_loss = (self._loss_sum / self._n_sum).item() if self._n_sum else math.nan
                     now = time.perf_counter()
                     # steps_per_s counts training time only: evals, probes, checkpoints excluded
                     rate = (s - step_mark) / max(now - t_mark - paused, 1e-9)
                     t_mark, step_mark, paused = now, s, 0.0
-                    if not math.isfinite(mean_loss):
-                        raise Diverged(s, "training loss")
                     values = {"loss": mean_loss, "evals": self.estimator.evals,
                               "steps_per_s": rate, **self.estimator.scalars(),
                               **{k: v.item() for k, v in stats.items()}}
+                    if self.skip_nan:
+                        values["skipped_steps"] = self.skipped
                     metrics.log(s, self.batches.epoch, wall, "train", values)
-                    loss_sum.zero_()
-                    n_sum = 0
+                    self._loss_sum.zero_()
+                    self._n_sum = 0
                     msg = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "evals")
                     if bar is not None:
                         bar.update(s - bar.n)
@@ -272,11 +400,15 @@ class Trainer:
                 if grad_log is not None and s % diag_every == 0:
                     diag_s += probe()
                 if s % ckpt_every == 0 and s != steps:
+                    self.check_finite()          # never checkpoint non-finite parameters
                     self.elapsed = elapsed0 + time.perf_counter() - t_session
                     self.save()
                 paused += time.perf_counter() - t_other
+                if self._signal is not None:
+                    raise Interrupted(self._signal)
             if bar is not None:
                 bar.close()
+            self.check_finite()
             # final evaluation
             t0 = time.perf_counter()
             self.elapsed = elapsed0 + time.perf_counter() - t_session
@@ -289,15 +421,22 @@ class Trainer:
                 ev = self.evaluate(split, samples)
                 metrics.log(self.step, self.batches.epoch, self.elapsed, split, ev)
                 final.update({f"{split}/{k}": v for k, v in ev.items()})
+                if not all(math.isfinite(v) for v in ev.values()):
+                    raise Diverged(self.step, f"final {split} metrics")
             eval_s += time.perf_counter() - t0
             self.elapsed = elapsed0 + time.perf_counter() - t_session
             self.save()
         except Diverged as e:
             status, error = "diverged", {"step": e.step, "quantity": e.quantity, "message": str(e)}
             log.error("run diverged: %s", e)
-        except KeyboardInterrupt:
-            status, error = "interrupted", {"step": self.step}
-            self.save()
+        except (KeyboardInterrupt, Interrupted) as e:
+            sig = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            status, error = "interrupted", {"step": self.step, "signal": signal.Signals(sig).name}
+            self.elapsed = elapsed0 + time.perf_counter() - t_session
+            if int(self._bad_loss) < 0 and int(self._bad_grad) < 0:   # never save NaN parameters
+                self.save()
+            log.warning("interrupted by %s at step %d; checkpoint written, a rerun resumes",
+                        signal.Signals(sig).name, self.step)
         except Exception as e:  # noqa: BLE001 - recorded, then re-raised
             status, error = "failed", {"step": self.step, "message": repr(e)}
             write_json(summary_path, self.summary(status, final, error, eval_s, diag_s))
@@ -308,8 +447,15 @@ class Trainer:
                 grad_log.close()
             if bar is not None:
                 bar.close()
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
         summary = self.summary(status, final, error, eval_s, diag_s)
         write_json(summary_path, summary)
+        if status == "interrupted" and self._signal is not None:
+            handler = previous_handlers.get(self._signal)
+            if callable(handler):           # e.g. submitit's: requeue the job
+                handler(self._signal, None)
+            raise SystemExit(128 + int(self._signal))
         return summary
 
     def summary(self, status: str, final: dict, error, eval_s: float, diag_s: float = 0.0) -> dict:
@@ -321,6 +467,7 @@ class Trainer:
             "error": error,
             "final": final,
             "main_metric": m.main_metric,
+            "skipped_steps": self.skipped,
             "timings": {"elapsed_s": round(self.elapsed, 3), "eval_s_this_session": round(eval_s, 3),
                         "diagnostics_s_this_session": round(diag_s, 3),
                         "steps_per_s": round(self.step / max(self.elapsed - eval_s - diag_s, 1e-9), 2)},
@@ -354,6 +501,11 @@ def hydra_entry(cfg: DictConfig):
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
+    launcher = str(OmegaConf.select(hc, "launcher._target_", default="") or "")
+    if "joblib" in launcher.lower():
+        # parallel jobs on one machine: one intra-op thread each, so n_jobs processes do not
+        # oversubscribe the cores (the speed of a joblib sweep comes from running jobs side by side)
+        torch.set_num_threads(1)
     progress = plain(cfg.train.progress)
     interactive = progress == "bar" or (progress == "auto" and not sweep and sys.stderr.isatty())
     try:

@@ -10,6 +10,7 @@ from estimators import REGISTRY, ConfigError
 from .config import plain
 
 SPLIT_SIZES = {"mnist": {"train": 50000, "valid": 10000, "test": 10000}}
+SPLIT_SIZES["translated_mnist"] = SPLIT_SIZES["cluttered_mnist"] = SPLIT_SIZES["mnist"]
 REFERENCES = ("auto", "exact")
 
 
@@ -25,6 +26,12 @@ def _positive(key: str, value) -> None:
 
 def validate(cfg) -> None:
     """Raise ConfigError for the first invalid value found."""
+    if cfg.logger.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("logger.tensorboard=true needs the tensorboard package: "
+                              "pip install -e '.[tensorboard]' (or set logger.tensorboard=false)") from e
     est, model, train = cfg.estimator, cfg.model, cfg.train
     if est.name not in REGISTRY:
         raise ConfigError(f"estimator.name={est.name!r} is not a known estimator; accepted: "
@@ -35,6 +42,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"estimator '{est.name}' cannot train model '{model.name}' with {kind} "
                           f"latents: it supports {', '.join(kinds)} latents only")
     _int_at_least("estimator.samples", est.samples, 1)
+    _validate_multisample_and_learned_cv(cfg)
     if "tau" in est:
         _positive("estimator.tau.init", est.tau.init)
         _positive("estimator.tau.min", est.tau.min)
@@ -65,6 +73,7 @@ def validate(cfg) -> None:
             _int_at_least("model.classes", model.classes, 2)
         if not math.isfinite(model.t):
             raise ConfigError(f"model.t={model.t} is invalid: it must be a finite number")
+    _validate_attention_and_canvas(cfg)
     d = cfg.diagnostics
     _int_at_least("diagnostics.every", d.every, 0)
     _int_at_least("diagnostics.samples", d.samples, 2)
@@ -73,3 +82,80 @@ def validate(cfg) -> None:
     if model.name != "toy" and sizes and d.batch_size > sizes["train"]:
         raise ConfigError(f"diagnostics.batch_size={d.batch_size} is larger than the training set "
                           f"of data={cfg.data.name} ({sizes['train']} examples)")
+
+
+def _validate_attention_and_canvas(cfg) -> None:
+    """The hard-attention classifier (model=attention) and the 60x60 canvases (data=
+    translated_mnist|cluttered_mnist)."""
+    from .canvas import CANVAS_DATASETS, DIGIT, image_side
+    model, data = cfg.model, cfg.data
+    if data.name in CANVAS_DATASETS:
+        _int_at_least("data.size", data.size, DIGIT)
+        _int_at_least("data.clutter", data.clutter, 0)
+        if not isinstance(data.fragment, int) or not 1 <= data.fragment <= DIGIT:
+            raise ConfigError(f"data.fragment={data.fragment} is invalid: it must be an integer in "
+                              f"1..{DIGIT}")
+        _int_at_least("data.canvas_seed", data.canvas_seed, 0)
+        if model.name == "vae":
+            raise ConfigError(f"model 'vae' reads 28x28 images, but data={data.name} has "
+                              f"{data.size}x{data.size} canvases; accepted: data=mnist or mnist_grey")
+    if model.name != "attention":
+        return
+    if plain(model.latent) != "categorical":
+        raise ConfigError(f"model.latent={plain(model.latent)} is invalid for model 'attention': "
+                          "glimpse locations are categorical; accepted: categorical")
+    side = image_side(data)
+    _int_at_least("model.glimpses", model.glimpses, 1)
+    _int_at_least("model.grid", model.grid, 1)
+    if model.grid > side or side % model.grid:
+        divisors = [k for k in range(2, side + 1) if side % k == 0]
+        raise ConfigError(f"model.grid={model.grid} does not divide the {side}x{side} images of "
+                          f"data={data.name}; accepted: a divisor of {side} "
+                          f"({', '.join(map(str, divisors))})")
+    _int_at_least("model.patch", model.patch, 1)
+    _int_at_least("model.scales", model.scales, 1)
+    largest = model.patch * 2 ** (model.scales - 1)
+    if largest > 2 * side:
+        raise ConfigError(f"model.patch={model.patch} with model.scales={model.scales} gives "
+                          f"{largest}-pixel glimpses on {side}x{side} images; accepted: "
+                          f"patch * 2^(scales-1) <= {2 * side}")
+    if not isinstance(model.context, int) or not 1 <= model.context <= side:
+        raise ConfigError(f"model.context={model.context} is invalid: it must be an integer in "
+                          f"1..{side} (the side of the coarse view of the {side}x{side} image)")
+    _int_at_least("model.hidden", model.hidden, 1)
+
+
+def _validate_multisample_and_learned_cv(cfg) -> None:
+    """REBAR/RELAX keys, VIMCO's S >= 2, and the pairing of the VAE's training objective
+    (model.objective: elbo | iwae) with the estimator's target (E_q[f] or the S-sample bound)."""
+    est, model = cfg.estimator, cfg.model
+    multisample = getattr(REGISTRY[est.name], "objective", "mean") == "multisample"
+    if multisample and est.samples < 2:
+        raise ConfigError(f"estimator.samples={est.samples} is invalid for estimator '{est.name}': "
+                          "its leave-one-out baselines need an integer >= 2")
+    if "tau_init" in est:
+        t = est.tau_init
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and 1e-3 <= t <= 1e3):
+            raise ConfigError(f"estimator.tau_init={t} is invalid: it must be a number in [0.001, 1000]")
+    if "eta_init" in est and not math.isfinite(est.eta_init):
+        raise ConfigError(f"estimator.eta_init={est.eta_init} is invalid: it must be a finite number")
+    if "hidden" in est:
+        _int_at_least("estimator.hidden", est.hidden, 1)
+    if model.name == "vae" and "objective" in model:
+        objective = plain(model.objective)
+        if objective == "iwae" and not multisample:
+            raise ConfigError(
+                f"model.objective=iwae trains the S-sample bound, but estimator '{est.name}' estimates "
+                "the gradient of the single-sample objective E_q[f] (the ELBO), not of that bound; "
+                "use estimator=vimco, or model.objective=elbo")
+        if objective == "elbo" and multisample:
+            raise ConfigError(
+                f"estimator '{est.name}' estimates the gradient of the S-sample bound "
+                "log 1/S sum_s exp(-f(z_s)), which needs f = -log w: set model.objective=iwae "
+                "(model.objective=elbo gives f = -log p(x|z) plus an analytic KL)")
+    d = cfg.diagnostics
+    if multisample and d.every > 0:
+        raise ConfigError(
+            f"diagnostics.every={d.every} is not supported with estimator '{est.name}': the "
+            "diagnostics reference is the gradient of E_q[f], not of the S-sample bound it trains; "
+            "set diagnostics.every=0")

@@ -14,6 +14,13 @@ Objective (negative ELBO, Kingma & Welling 2014 eq. 3):
 handles only the expectation of f). ``kl=sampled``: f(z) = -log p(x | z) - log p(z) + log q(z | x),
 the single-sample estimate of the whole bound; log q keeps its direct dependence on the logits.
 
+Training objective (``objective``): ``elbo`` (default) trains the ELBO above. ``iwae`` trains the
+S-sample bound log 1/S sum_s w_s (Burda et al. 2016, eq. (8)) with S = ``estimator.samples``: f(z)
+is then always the per-sample NEGATIVE log weight -log w = -log p(x|z) - log p(z) + log q(z|x) (the
+sampled form; ``kl`` has no effect and there is no analytic extra term), and the estimator, which
+must be one whose target is the multi-sample bound (``vimco``), forms the bound from the [S, B]
+values of f itself. ``experiment/validate.py`` refuses every other combination before training.
+
 Evaluation uses exact (hard) samples z_k ~ q, k = 1..K:
     log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x),
     bound_K = logsumexp_k log w_k - log K  (Burda et al. 2016, eq. 8), a lower bound on log p(x);
@@ -28,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from estimators.base import log_prob
+from estimators.base import ConfigError, log_prob
 from .base import LatentModel
 
+OBJECTIVES = ("elbo", "iwae")   # model.objective: the single-sample ELBO or the S-sample bound
 EVAL_ROWS = 1 << 15   # decoder rows per evaluation chunk (bounds memory: 32768 x 784 floats)
 
 
@@ -61,10 +69,13 @@ class VAE(LatentModel):
 
     def __init__(self, latent: str = "bernoulli", latent_dim: int = 200, classes: int = 10,
                  hidden: list[int] | tuple[int, ...] = (), kl: str = "analytic",
-                 slope: float = 0.3, x_dim: int = 784):
+                 slope: float = 0.3, x_dim: int = 784, objective: str = "elbo"):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"model.objective={objective!r} is invalid; accepted: {', '.join(OBJECTIVES)}")
         self.kind = latent
         self.kl = kl
+        self.train_objective = objective
         n = int(latent_dim)
         self.latent_shape = (n,) if latent == "bernoulli" else (n, int(classes))
         width = math.prod(self.latent_shape)
@@ -91,7 +102,7 @@ class VAE(LatentModel):
 
     def objective(self, x, logits):
         kind = self.kind
-        if self.kl == "analytic":
+        if self.kl == "analytic" and self.train_objective == "elbo":
             return lambda z: self.neg_log_lik(z, x)
         prior = self.prior_logits
 
@@ -101,7 +112,7 @@ class VAE(LatentModel):
         return f
 
     def extra_loss(self, x, logits):
-        if self.kl == "analytic":
+        if self.kl == "analytic" and self.train_objective == "elbo":
             return kl_divergence(logits, self.prior_logits.expand_as(logits), self.kind)
         return None
 
