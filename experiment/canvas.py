@@ -18,6 +18,15 @@ Cache: ``canvas-v1-<size>-<clutter>-<fragment>-<seed>-<source hash>.npz`` (compr
 last, under the MNIST cache lock; the checksum is verified before the file is parsed and a cache
 that fails it is discarded and regenerated. The source hash (MNIST's content hash) ties the cache
 to the digits it was made from.
+
+On-the-fly training canvases (``data.resample=true``, the default of both data sets):
+:class:`CanvasData` keeps the 28x28 training digits on the device and :func:`place` pastes each
+minibatch digit (and, for ``cluttered_mnist``, ``clutter`` fresh fragments of other training
+digits) at fresh uniformly random positions every time it is drawn (Mnih et al. resample the
+position each time an image is used), so the model cannot memorise 50k fixed placements. The
+draws use the device's global torch RNG (or the ``generator`` passed to ``batch``), whose state the
+checkpoints keep, so a resumed run continues the same stream. Valid and test stay the fixed,
+cached canvases above, so evaluation is deterministic and comparable across runs.
 """
 from __future__ import annotations
 
@@ -28,8 +37,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .data import (SPLITS, DataError, Splits, _atomic_write, _locked, _sha256, content_sha256,
+from .data import (SPLITS, DataError, MNISTData, Splits, _atomic_write, _locked, _sha256, content_sha256,
                    default_cache_dir)
 
 log = logging.getLogger(__name__)
@@ -140,6 +150,98 @@ def load_canvas(splits: Splits, size: int = 60, clutter: int = 0, fragment: int 
         _atomic_write(path, blob)
         _atomic_write(sum_path, f"{_sha256(blob)}  {name}\n".encode())
         return out
+
+
+def place(digits: torch.Tensor, index: torch.Tensor, size: int, clutter: int = 0,
+          fragment: int = 8, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fresh canvases ``[B, size*size]`` (dtype of ``digits``) of the digits ``digits[index]``.
+
+    ``digits`` ``[N, 784]`` holds 28x28 digits on the device. Each digit lands at a uniformly random
+    top-left corner in ``0..size-28`` (both axes); with ``clutter`` > 0, ``clutter`` random
+    ``fragment`` x ``fragment`` crops of other digits ``j != index[b]`` of ``digits`` go first at
+    uniformly random positions, and overlaps keep the brighter pixel (max), as in :func:`render`.
+    Vectorised (index arithmetic and ``scatter_reduce``; no loop over images); every draw comes from
+    ``generator`` if given, else the global RNG of the device."""
+    if size < DIGIT:
+        raise ValueError(f"canvas size {size} is smaller than a {DIGIT}x{DIGIT} digit")
+    dev, n, B = digits.device, digits.shape[0], index.shape[0]
+
+    def draw(high: int, shape: tuple[int, ...], low: int = 0) -> torch.Tensor:
+        return torch.randint(low, high, shape, device=dev, generator=generator)
+
+    def flat(top: torch.Tensor, left: torch.Tensor, side: int, width: int) -> torch.Tensor:
+        """Flat pixel indices ``[..., side*side]`` of the side x side boxes at (top, left) of
+        images of width ``width``."""
+        r = torch.arange(side, device=dev)
+        rows = (top.unsqueeze(-1) + r) * width                         # [..., side]
+        cols = left.unsqueeze(-1) + r
+        return (rows.unsqueeze(-1) + cols.unsqueeze(-2)).flatten(-2)
+
+    pos = draw(size - DIGIT + 1, (B, 2))
+    canvas = digits.new_zeros(B, size * size)
+    if clutter and n > 1:
+        if not 1 <= fragment <= DIGIT:
+            raise ValueError(f"fragment size {fragment} must be in 1..{DIGIT}")
+        src = (index.unsqueeze(1) + draw(n, (B, clutter), low=1)) % n         # never index[b]
+        crop = draw(DIGIT - fragment + 1, (B, clutter, 2))
+        where = draw(size - fragment + 1, (B, clutter, 2))
+        pieces = digits[src].gather(-1, flat(crop[..., 0], crop[..., 1], fragment, DIGIT))
+        canvas.scatter_reduce_(1, flat(where[..., 0], where[..., 1], fragment, size).flatten(1),
+                               pieces.flatten(1), "amax")
+    canvas.scatter_reduce_(1, flat(pos[:, 0], pos[:, 1], DIGIT, size), digits[index], "amax")
+    return canvas
+
+
+class CanvasData(MNISTData):
+    """:class:`~experiment.data.MNISTData` of canvases. ``splits`` are the (cached) canvases; with
+    ``resample=True`` the training split is replaced by the 28x28 ``train_digits`` ``[N, 784]``,
+    placed afresh by :func:`place` each time a training image is drawn (binarization, if any, of
+    the digit as MNISTData does it: fixed for static/threshold, resampled for dynamic, after the
+    placement). Valid and test are the fixed canvases of ``splits``."""
+
+    def __init__(self, splits: Splits, train_digits: np.ndarray | None = None, *,
+                 size: int = 60, clutter: int = 0, fragment: int = 8, binarize: str = "none",
+                 device: torch.device | str = "cpu", seed: int = 0):
+        self.size, self.clutter, self.fragment = int(size), int(clutter), int(fragment)
+        self.resample = train_digits is not None
+        if self.resample:
+            splits = {**splits, "train": (train_digits, splits["train"][1])}
+        super().__init__(splits, binarize, device, seed)
+
+    def _placed(self, split: str) -> bool:
+        return self.resample and split == "train"
+
+    def _rows(self, split, index, generator=None):
+        if self._placed(split):
+            return place(self._x["train"], index, self.size, self.clutter, self.fragment, generator)
+        return super()._rows(split, index, generator)
+
+    @property
+    def dim(self) -> int:
+        return self.size * self.size
+
+    def full(self, split: str) -> torch.Tensor:
+        if self._placed(split):
+            return self.batch(split, torch.arange(self.n(split), device=self.device))
+        return super().full(split)
+
+    def train_mean(self) -> torch.Tensor:
+        if not self.resample:
+            return super().train_mean()
+        # one placement of every training digit with a generator seeded by data.seed (the
+        # expectation over placements, up to sampling noise; deterministic)
+        gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        total = torch.zeros(self.dim, device=self.device)
+        n = self.n("train")
+        for i in range(0, n, 5000):
+            index = torch.arange(i, min(n, i + 5000), device=self.device)
+            total += self._rows("train", index, gen).to(torch.float32).sum(0)
+        mean = total / n
+        return mean / 256 if self.binarize in ("dynamic", "none") else mean
+
+    def __repr__(self) -> str:
+        return (f"Canvas{super().__repr__()[:-1]}, size={self.size}, clutter={self.clutter}, "
+                f"resample={self.resample})")
 
 
 def image_side(data_cfg) -> int:

@@ -181,7 +181,8 @@ class CanvasDataConfig(DataConfig):
     size: int = 60             # canvas side
     clutter: int = 0           # fragments of other digits per image (cluttered_mnist)
     fragment: int = 8          # fragment side
-    canvas_seed: int = 0       # placement of digits and fragments
+    canvas_seed: int = 0       # placement of digits and fragments (train too if not resample)
+    resample: bool = True      # training canvases: fresh placement (and clutter) per draw
 
 
 # --- harness ---------------------------------------------------------------------------------

@@ -496,12 +496,18 @@ class MNISTData:
         index = torch.as_tensor(index, device=self.device)
         if index.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"index must be an integer tensor, got {index.dtype}")
-        x = self._x[split][index]
+        x = self._rows(split, index, generator)
         if self._resampled(split):
             return torch.bernoulli(x.to(torch.float32) / 256, generator=generator)
         if self.binarize == "none":
             return x.to(torch.float32) / 256
         return x.to(torch.float32)
+
+    def _rows(self, split: str, index: torch.Tensor,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """The stored rows ``index`` of ``split`` before the float conversion of :meth:`batch`
+        (a hook: experiment.canvas.CanvasData places training digits on canvases here)."""
+        return self._x[split][index]
 
     def full(self, split: str) -> torch.Tensor:
         """The whole split as float32 ``[N, 784]`` (for dynamic/train: a fresh sample)."""

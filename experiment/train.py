@@ -76,12 +76,18 @@ def build_model(cfg) -> LatentModel:
 
 def build_data(d, device: torch.device):
     """The data set of config group ``data`` as an MNISTData on ``device``."""
-    from .canvas import CANVAS_DATASETS, load_canvas
+    from .canvas import CANVAS_DATASETS, CanvasData, load_canvas
     from .data import MNISTData, load_mnist
     splits = load_mnist(d.root, d.cache_dir)
     if d.name in CANVAS_DATASETS:
-        splits = load_canvas(splits, int(d.size), int(d.clutter), int(d.fragment),
-                             int(d.canvas_seed), d.cache_dir)
+        canvases = load_canvas(splits, int(d.size), int(d.clutter), int(d.fragment),
+                               int(d.canvas_seed), d.cache_dir)
+        # data.resample: training digits placed afresh per draw (a config saved before the key
+        # existed trained on the fixed canvases)
+        digits = splits["train"][0] if bool(d.get("resample", False)) else None
+        return CanvasData(canvases, digits, size=int(d.size), clutter=int(d.clutter),
+                          fragment=int(d.fragment), binarize=plain(d.binarize), device=device,
+                          seed=int(d.seed))
     return MNISTData(splits, plain(d.binarize), device, int(d.seed))
 
 

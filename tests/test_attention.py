@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from estimators import REGISTRY, ConfigError, Estimate, Estimator
 from estimators.base import step_log_prob, uniform
-from experiment.canvas import load_canvas, make_canvas
+from experiment.canvas import CanvasData, load_canvas, make_canvas
 from experiment.config import register_configs
 from experiment.data import MNISTData
 from experiment.validate import validate
@@ -271,6 +271,71 @@ def test_grey_level_input():
     assert canvas.dim == 1600
 
 
+
+def test_training_canvases_are_placed_afresh_each_draw_and_eval_canvases_are_fixed():
+    """data.resample: every draw of a training digit lands at a fresh uniform position (the whole
+    digit, nothing else, for translated MNIST); valid/test are the fixed canvases of make_canvas."""
+    src, size = fake_splits(), 40
+    fixed = make_canvas(src, size=size, seed=3)
+    d = CanvasData(fixed, src["train"][0], size=size, binarize="none")
+    assert d.dim == size * size and d.n("train") == 6
+    idx = torch.arange(6)
+    torch.manual_seed(0)
+    draws = torch.stack([d.batch("train", idx) for _ in range(200)])        # [200, 6, 1600]
+    assert not torch.equal(draws[0], draws[1])                              # fresh placements
+    k = (draws * 256).round().to(torch.int64).view(200, 6, size, size)      # grey levels back
+    seen = set()
+    for t in range(200):
+        for i in range(6):
+            digit = torch.from_numpy(src["train"][0][i].astype(np.int64)).view(28, 28)
+            canvas = k[t, i]
+            assert canvas.sum() == digit.sum()                              # the digit, only it
+            rows, cols = canvas.nonzero().min(0).values.tolist()
+            r, c = rows - 6, cols - 8                                      # fake digits: 6:22, 8:20
+            assert torch.equal(canvas[r:r + 28, c:c + 28], digit)
+            seen.add((r, c))
+    span = size - 28 + 1
+    assert {r for r, _ in seen} == set(range(span)) == {c for _, c in seen}  # cover the range
+    # the global RNG (checkpointed) and an explicit generator both make the draws reproducible
+    torch.manual_seed(5)
+    a = d.batch("train", idx)
+    torch.manual_seed(5)
+    assert torch.equal(a, d.batch("train", idx))
+    g = lambda: torch.Generator().manual_seed(7)                            # noqa: E731
+    assert torch.equal(d.batch("train", idx, generator=g()), d.batch("train", idx, generator=g()))
+    assert d.full("train").shape == (6, size * size)
+    # valid / test: the cached canvases, unchanged and the same at every call
+    plain = MNISTData(fixed, "none")
+    for s in ("valid", "test"):
+        want = torch.from_numpy(fixed[s][0]).float() / 256
+        assert torch.equal(d.full(s), want) and torch.equal(d.full(s), plain.full(s))
+        assert torch.equal(d.batch(s, idx), d.batch(s, idx)) and torch.equal(d.batch(s, idx), want)
+    # resample off: the training split is the fixed canvases too
+    off = CanvasData(fixed, None, size=size, binarize="none")
+    assert torch.equal(off.full("train"), plain.full("train"))
+
+
+def test_cluttered_training_canvases_get_fresh_fragments_of_other_digits():
+    src, size = fake_splits(), 40
+    x = np.zeros((6, 28, 28), np.uint8)
+    x[:, 6:22, 8:20] = np.arange(1, 7, dtype=np.uint8)[:, None, None] * 40  # digit i: value 40(i+1)
+    src["train"] = (x.reshape(6, 784), src["train"][1])
+    d = CanvasData(make_canvas(src, size=size, clutter=3, fragment=8), src["train"][0], size=size,
+                   clutter=3, fragment=8, binarize="none")
+    torch.manual_seed(0)
+    idx = torch.arange(6)
+    draws = torch.stack([d.batch("train", idx) for _ in range(50)])
+    assert not torch.equal(draws[0], draws[1])
+    k = (draws * 256).round().to(torch.int64)                              # [50, 6, 1600]
+    own = (idx + 1) * 40
+    assert ((k >= own[:, None]).sum(-1) >= 16 * 12).all()                   # the whole digit
+    others = ((k > 0) & (k != own[:, None])).sum(-1)
+    assert (others > 0).float().mean() > 0.5                                # clutter of others
+    digit_sums = torch.from_numpy(x.reshape(6, -1).astype(np.int64)).sum(-1)
+    assert (k.sum(-1) > digit_sums).float().mean() > 0.8                    # clutter added
+    # the brightest digit (5) is never covered, and no fragment of itself lands on its canvas
+    assert ((k[:, 5] == own[5]).sum(-1) == 16 * 12).all()
+
 # --- configs, refusals, a real run ---------------------------------------------------------------
 def cfg_of(*overrides):
     register_configs()
@@ -300,6 +365,7 @@ def test_attention_configs_compose_and_validate():
         cfg = cfg_of("model=attention", f"data={data}", *extra)
         validate(cfg)
         assert str(cfg.data.binarize.value) == "none"
+        assert data == "mnist_grey" or cfg.data.resample is True
     assert cfg.data.clutter == 4
 
 
