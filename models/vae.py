@@ -98,6 +98,10 @@ class VAE(LatentModel):
         """-log p(x | z) for z [S, B, ...] -> [S, B]."""
         flat = z.reshape(*z.shape[:2], -1)
         out = self.decoder(flat)                              # [S, B, 784]
+        if out.shape[0] * out.shape[1] >= 4096:
+            # large evaluation chunks: x.out as a contraction, without an [S, B, 784] temporary
+            # (about 2x faster there; for training-sized batches the plain form is faster)
+            return F.softplus(out).sum(-1) - torch.einsum("...bd,bd->...b", out, x)
         return (F.softplus(out) - x * out).sum(-1)
 
     def objective(self, x, logits):
