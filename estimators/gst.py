@@ -41,9 +41,7 @@ class GST(_Relaxed):
 
     @classmethod
     def from_config(cls, cfg, kind, latent_shape):
-        t = cfg.tau
-        return cls(kind, latent_shape, samples=cfg.samples,
-                   tau=TauSchedule(float(t.init), float(t.min), float(t.rate), int(t.every)),
+        return cls(kind, latent_shape, samples=cfg.samples, tau=TauSchedule.from_config(cfg.tau),
                    gap=cfg.gap)
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:

@@ -71,9 +71,7 @@ class GumbelRao(_Relaxed):
 
     @classmethod
     def from_config(cls, cfg, kind, latent_shape):
-        t = cfg.tau
-        return cls(kind, latent_shape, samples=cfg.samples,
-                   tau=TauSchedule(float(t.init), float(t.min), float(t.rate), int(t.every)),
+        return cls(kind, latent_shape, samples=cfg.samples, tau=TauSchedule.from_config(cfg.tau),
                    mc_samples=cfg.mc_samples)
 
     def noise_shape(self, logits_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -65,9 +65,7 @@ class ReinMax(Estimator):
 
     @classmethod
     def from_config(cls, cfg, kind, latent_shape):
-        t = cfg.tau
-        return cls(kind, latent_shape, samples=cfg.samples,
-                   tau=TauSchedule(float(t.init), float(t.min), float(t.rate), int(t.every)))
+        return cls(kind, latent_shape, samples=cfg.samples, tau=TauSchedule.from_config(cfg.tau))
 
     def set_step(self, step: int) -> None:
         super().set_step(step)

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import (SPLITS, DataError, MNISTData, Splits, _atomic_write, _locked, _sha256, content_sha256,
-                   default_cache_dir)
+from .data import (SPLITS, DataError, MNISTData, Splits, _Corrupt, _atomic_write, _locked, _sha256,
+                   content_sha256, default_cache_dir, read_verified)
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +97,12 @@ def _cache_name(size: int, clutter: int, fragment: int, seed: int, source: str) 
 
 def _read(path: Path, sum_path: Path, splits: Splits, size: int) -> Splits | None:
     """The cached canvases, None when absent; raises ValueError when present but bad."""
-    if not path.exists() and not sum_path.exists():
-        return None
     try:
-        expected = sum_path.read_text().split()[0]
-        blob = path.read_bytes()
-    except (OSError, IndexError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cache {path} or its checksum is unreadable ({exc})") from exc
-    got = _sha256(blob)
-    if got != expected:
-        raise ValueError(f"cache {path} has sha256 {got}, its sidecar says {expected}")
+        blob = read_verified(path, sum_path)
+    except _Corrupt as exc:
+        raise ValueError(str(exc)) from exc
+    if blob is None:
+        return None
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         out = {s: (npz[f"{s}_images"], npz[f"{s}_labels"]) for s in splits}
     for s, (x, y) in out.items():

@@ -230,10 +230,9 @@ class _Corrupt(Exception):
     """The cache exists but fails its checksum or content check."""
 
 
-def _read_cache(directory: Path) -> Splits | None:
-    """The cached splits, or None if there is no complete cache. A cache that fails its checksum
-    or its content check raises ``_Corrupt``; nothing is parsed before the checksum passes."""
-    path, sum_path = directory / CACHE_NAME, directory / CACHE_SUM_NAME
+def read_verified(path: Path, sum_path: Path) -> bytes | None:
+    """The bytes of a cache file whose sha256 matches its sidecar; None when neither file exists.
+    A missing, unreadable or mismatching pair raises ``_Corrupt``: nothing unverified is returned."""
     if not path.exists() and not sum_path.exists():
         return None
     try:
@@ -244,6 +243,16 @@ def _read_cache(directory: Path) -> Splits | None:
     got = _sha256(blob)
     if got != expected:
         raise _Corrupt(f"cache {path} has sha256 {got}, its sidecar says {expected}")
+    return blob
+
+
+def _read_cache(directory: Path) -> Splits | None:
+    """The cached splits, or None if there is no complete cache. A cache that fails its checksum
+    or its content check raises ``_Corrupt``; nothing is parsed before the checksum passes."""
+    path, sum_path = directory / CACHE_NAME, directory / CACHE_SUM_NAME
+    blob = read_verified(path, sum_path)
+    if blob is None:
+        return None
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             splits = {s: (npz[f"{s}_images"], npz[f"{s}_labels"]) for s in SPLITS}
