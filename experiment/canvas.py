@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .data import (SPLITS, DataError, MNISTData, Splits, _Corrupt, _atomic_write, _locked, _sha256,
-                   content_sha256, default_cache_dir, read_verified)
+                   content_sha256, default_cache_dir, make_cache_dir, read_verified)
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,7 @@ def load_canvas(splits: Splits, size: int = 60, clutter: int = 0, fragment: int 
         cached = _read(path, sum_path, splits, size)
         if cached is not None:
             return cached
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the data cache directory {directory} ({exc}); set "
-                        "DISCOGRAD_DATA or data.cache_dir to a writable directory") from exc
+    make_cache_dir(directory, "DISCOGRAD_DATA or data.cache_dir to a writable directory")
     with _locked(directory):
         try:
             cached = _read(path, sum_path, splits, size)

@@ -230,6 +230,14 @@ class _Corrupt(Exception):
     """The cache exists but fails its checksum or content check."""
 
 
+def make_cache_dir(directory: Path, fix: str) -> None:
+    """Create the cache directory, or raise DataError saying where and how to fix it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the data cache directory {directory} ({exc}); set {fix}") from exc
+
+
 def read_verified(path: Path, sum_path: Path) -> bytes | None:
     """The bytes of a cache file whose sha256 matches its sidecar; None when neither file exists.
     A missing, unreadable or mismatching pair raises ``_Corrupt``: nothing unverified is returned."""
@@ -301,12 +309,8 @@ def fetch_mnist(cache_dir: str | os.PathLike | None = None) -> Splits:
         splits = _read_cache(directory)
         if splits is not None:
             return splits
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the data cache directory {directory} ({exc}); set "
-                        "DISCOGRAD_DATA to a writable directory or pass data.root=DIR with the "
-                        "standard MNIST IDX files") from exc
+    make_cache_dir(directory, "DISCOGRAD_DATA to a writable directory or pass data.root=DIR with "
+                   "the standard MNIST IDX files")
     with _locked(directory):
         try:
             splits = _read_cache(directory)  # another process may have finished meanwhile
