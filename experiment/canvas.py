@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import (SPLITS, DataError, MNISTData, Splits, _Corrupt, _atomic_write, _locked, _sha256,
+from .data import (SPLITS, MNISTData, Splits, _Corrupt, _atomic_write, _locked, _sha256,
                    content_sha256, default_cache_dir, make_cache_dir, read_verified)
 
 log = logging.getLogger(__name__)
