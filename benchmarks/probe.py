@@ -1,23 +1,23 @@
-"""Benchmark: the batched diagnostics probe against a plain loop of K autograd backward passes.
-
-Both compute the same K gradient estimates (same uniforms) on the default VAE (linear, 200
-Bernoulli latents, a minibatch of 50 real MNIST images); the ratio is measured in one process.
+"""The diagnostics probe: K gradient estimates and their per-coordinate moments, batched
+(``Probe._moments``: vmap over grad, chunked) against a plain Python loop of K autograd backward
+passes accumulating the same moments. Both use the same uniforms, model and minibatch; the ratio
+is measured in one process.
 """
 from __future__ import annotations
-
-import statistics
-import time
 
 import torch
 
 from estimators import REGISTRY
-from experiment.data import MNISTData, load_mnist
 from experiment.diagnostics import Probe, Reference, _Surrogate, parse_reference
-from models import VAE
+from .common import median, peak_memory_mb, timed
+
+MODELS = ("vae", "vae_nonlinear", "toy")
+ESTIMATORS = ("st", "reinforce", "gumbel", "st_gumbel", "disarm")
 
 
 def loop_of_backward_passes(model, est, x, U) -> None:
-    """The plain way: one forward + backward per estimate, gradients copied out and accumulated."""
+    """The plain way: one forward + backward per estimate, the gradients accumulated into
+    per-coordinate sums and sums of squares."""
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in model.parameters()]
     s2 = [torch.zeros_like(p, dtype=torch.float64) for p in model.parameters()]
     module = _Surrogate(model, est)
@@ -30,37 +30,49 @@ def loop_of_backward_passes(model, est, x, U) -> None:
             b += g * g
 
 
-def timed(fn, repeats: int) -> float:
-    fn()                                                  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def run(samples: int = 100, repeats: int = 5, batch: int = 50) -> list[dict]:
+def setup(model_name: str, device: torch.device, batch: int = 50):
+    """(model, diagnostic minibatch) as the trainer builds them for ``model=...`` defaults."""
+    from models import VAE, Toy
     torch.manual_seed(0)
-    data = MNISTData(load_mnist(), "dynamic", "cpu", 0)
-    x = data.batch("train", torch.arange(batch), generator=torch.Generator().manual_seed(0))
-    model = VAE()
+    if model_name == "toy":
+        model = Toy(dim=4).to(device)
+        return model, torch.empty(batch, 0, device=device)
+    from experiment.data import MNISTData, load_mnist
+    data = MNISTData(load_mnist(), "dynamic", device, 0)
+    x = data.batch("train", torch.arange(batch, device=device),
+                   generator=torch.Generator(device=device).manual_seed(0))
+    model = VAE(hidden=[200, 200] if model_name == "vae_nonlinear" else []).to(device)
     model.set_data_mean(data.train_mean())
-    rows = []
-    for name in ("st", "reinforce", "gumbel", "st_gumbel"):
-        est = REGISTRY[name]("bernoulli", model.latent_shape)
-        est.eval()
-        probe = Probe(model, est, [name], Reference("exact"), samples, x)
-        U = probe._noise(samples, 1, (batch, *model.latent_shape))
-        t_probe = timed(lambda: probe._moments(est, U), repeats)
-        t_loop = timed(lambda: loop_of_backward_passes(model, est, x, U), repeats)
-        rows.append({"what": f"K={samples} estimates, {name}", "batched_s": t_probe, "loop_s": t_loop,
-                     "speedup": t_loop / t_probe})
-    # one whole probe as training runs it: 4 estimators + the default sampled reference
-    est = REGISTRY["gumbel"]("bernoulli", model.latent_shape)
-    probe = Probe(model, est, ["st", "reinforce", "gumbel", "st_gumbel"], parse_reference("auto", model),
-                  samples, x)
-    t_full = timed(lambda: probe.run(0), max(1, repeats // 2))
-    rows.append({"what": f"full probe: 4 estimators x K={samples} + reference {probe.reference}",
-                 "batched_s": t_full, "loop_s": float("nan"), "speedup": float("nan")})
-    return rows
+    return model, x
+
+
+def run_case(model_name: str, est_name: str, device: torch.device, samples: int = 100,
+             repeats: int = 5, part: str = "both") -> dict:
+    model, x = setup(model_name, device)
+    est = REGISTRY[est_name](model.kind, model.latent_shape).to(device)
+    est.eval()
+    probe = Probe(model, est, [est_name], Reference("exact"), samples, x)
+    shape = (x.shape[0], *model.latent_shape)
+    U = probe._noise(samples, est.noise_shape(shape)[0], shape)
+    row = {"model": model_name, "estimator": est_name, "K": samples,
+           "batched_s": float("nan"), "loop_s": float("nan")}
+    if part in ("both", "batched"):
+        row["batched_s"] = median(timed(lambda: probe._moments(est, U), repeats, device))
+    if part in ("both", "loop"):
+        row["loop_s"] = median(timed(lambda: loop_of_backward_passes(model, est, x, U), repeats, device))
+    row["speedup"] = row["loop_s"] / row["batched_s"]
+    row["peak_mb"] = peak_memory_mb(device)
+    return row
+
+
+def full_probe(device: torch.device, samples: int = 100, repeats: int = 3) -> dict:
+    """One whole probe as a training run does it on the default VAE: 4 estimators and the default
+    sampled reference (``auto`` = mc:reinforce:100)."""
+    model, x = setup("vae", device)
+    names = ["st", "reinforce", "gumbel", "st_gumbel"]
+    est = REGISTRY["gumbel"]("bernoulli", model.latent_shape).to(device)
+    probe = Probe(model, est, names, parse_reference("auto", model), samples, x)
+    t = median(timed(lambda: probe.run(0), repeats, device))
+    return {"model": "vae", "estimator": "+".join(names) + f" + reference {probe.reference}",
+            "K": samples, "batched_s": t, "loop_s": float("nan"), "speedup": float("nan"),
+            "peak_mb": peak_memory_mb(device)}

@@ -140,6 +140,8 @@ class Estimator(nn.Module):
     kinds: ClassVar[tuple[str, ...]] = KINDS
     unbiased: ClassVar[bool] = False
     relaxed: ClassVar[bool] = False
+    # None, or why torch.compile cannot compile this estimator's forward pass (train.compile)
+    not_compilable: ClassVar[str | None] = None
 
     def __init__(self, kind: str, latent_shape: tuple[int, ...], samples: int = 1):
         super().__init__()
@@ -229,6 +231,28 @@ class Estimator(nn.Module):
         over steps of ``sample_step``'s log q, ``baseline_input`` ``[B, *latent_shape]`` a function
         of x alone (not of z), for input-dependent baselines. Default: the pathwise estimate."""
         return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
+
+
+class Tempered:
+    """Mixin of estimators with a scheduled temperature: ``tau`` is the Python float (logged,
+    compared in tests), ``tau_t`` a 0-dim buffer holding the same value, which the computations
+    use. A tensor is an input of a compiled graph, whereas torch.compile specialises on a float
+    attribute and would recompile at every new temperature of the schedule (train.compile)."""
+
+    def _init_tau(self, value: float) -> None:
+        self.register_buffer("tau_t", torch.tensor(float(value)), persistent=False)
+        self.tau = value
+
+    @property
+    def tau(self) -> float:
+        return self._tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        value = float(value)
+        if value != getattr(self, "_tau", None):     # no device work while tau is unchanged
+            self.tau_t.fill_(value)
+        self._tau = value
 
 
 REGISTRY: dict[str, type[Estimator]] = {}

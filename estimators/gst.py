@@ -47,6 +47,6 @@ class GST(_Relaxed):
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
         D = hard_sample(logits, self.kind, u)                         # [S, B, n, K]
         shift = gapped_logits(logits, D, self.gap) - logits.detach()
-        y = torch.softmax((logits + shift) / self.tau, -1)
+        y = torch.softmax((logits + shift) / self.tau_t, -1)
         fz = f(D + (y - y.detach()))
         return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))

@@ -84,10 +84,10 @@ class GumbelRao(_Relaxed):
         v = u[S:].reshape(S, K, *logits.shape)                        # [S, K, B, ...]
         if self.kind == "bernoulli":
             noise = conditional_logistic(ld, D.unsqueeze(1), v)
-            y = torch.sigmoid((logits + noise) / self.tau)
+            y = torch.sigmoid((logits + noise) / self.tau_t)
         else:
             noise = conditional_gumbel(ld, D.unsqueeze(1), v) - ld
-            y = torch.softmax((logits + noise) / self.tau, -1)
+            y = torch.softmax((logits + noise) / self.tau_t, -1)
         ybar = y.mean(1)                                              # [S, B, ...]
         fz = f(D + (ybar - ybar.detach()))
         return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))

@@ -81,6 +81,8 @@ def relax(z: Tensor, kind: str, tau: Tensor) -> Tensor:
 @register
 class Rebar(Estimator):
     name = "rebar"
+    not_compilable = ("its training step differentiates its own gradient (double backward, for the "
+                      "variance objective), which torch.compile does not support")
     unbiased = True
     relaxed = True           # f is also evaluated at relaxed samples (the control variate);
                              # the reported loss is f(b) at the exact samples

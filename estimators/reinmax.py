@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import ConfigError, Estimate, Estimator, Objective, hard_sample, register
+from .base import ConfigError, Estimate, Estimator, Objective, Tempered, hard_sample, register
 from .relaxed import TauSchedule
 
 
@@ -38,7 +38,7 @@ def softmax_jacobian_surrogate(p: Tensor, theta: Tensor) -> Tensor:
     return p * (d - (p * d).sum(-1, keepdim=True))
 
 
-def reinmax_sample(theta: Tensor, D: Tensor, tau: float) -> Tensor:
+def reinmax_sample(theta: Tensor, D: Tensor, tau: float | Tensor) -> Tensor:
     """ReinMax's straight-through one-hot: value D, gradient 2 J(pi_1) - J(pi_0) / 2."""
     pi0 = torch.softmax(theta, -1)
     pi1 = 0.5 * (D + torch.softmax(theta.detach() / tau, -1))
@@ -46,7 +46,7 @@ def reinmax_sample(theta: Tensor, D: Tensor, tau: float) -> Tensor:
 
 
 @register
-class ReinMax(Estimator):
+class ReinMax(Tempered, Estimator):
     name = "reinmax"
     unbiased = False
 
@@ -61,7 +61,7 @@ class ReinMax(Estimator):
                     "temperature >= 1 (Liu et al. 2023, section 5); e.g. estimator.tau.init=1.3 "
                     "estimator.tau.min=1.3")
         self.tau_schedule = sched            # not `schedule`: diagnostics share that with gumbel
-        self.tau = sched(0)
+        self._init_tau(sched(0))
 
     @classmethod
     def from_config(cls, cfg, kind, latent_shape):
@@ -78,8 +78,8 @@ class ReinMax(Estimator):
         D = hard_sample(logits, self.kind, u)                       # [S, B, ...]
         if self.kind == "bernoulli":
             theta = torch.stack([torch.zeros_like(logits), logits], -1)
-            z = reinmax_sample(theta, torch.stack([1 - D, D], -1), self.tau)[..., 1]
+            z = reinmax_sample(theta, torch.stack([1 - D, D], -1), self.tau_t)[..., 1]
         else:
-            z = reinmax_sample(logits, D, self.tau)
+            z = reinmax_sample(logits, D, self.tau_t)
         fz = f(z)
         return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import (ConfigError, Estimate, Estimator, Objective, check_positive, gumbel_noise,
+from .base import (ConfigError, Estimate, Estimator, Objective, Tempered, check_positive, gumbel_noise,
                    is_number, logistic_noise, one_hot, register, step_log_prob)
 
 
@@ -51,23 +51,25 @@ class TauSchedule:
         return max(self.min, self.init * math.exp(-self.rate * anchor))
 
 
-def relaxed_sample(logits: Tensor, kind: str, u: Tensor, tau: float) -> tuple[Tensor, Tensor]:
-    """(relaxed y, hard H(y)) from uniforms u; both [S, *logits.shape]. The hard sample is exact."""
+def relaxed_sample(logits: Tensor, kind: str, u: Tensor, tau: float | Tensor,
+                   hard: bool = True) -> tuple[Tensor, Tensor | None]:
+    """(relaxed y, hard H(y)) from uniforms u; both [S, *logits.shape]. The hard sample is exact
+    (None when ``hard=False``)."""
     if kind == "bernoulli":
         a = logits + logistic_noise(u)
-        return torch.sigmoid(a / tau), (a.detach() > 0).to(logits.dtype)
+        return torch.sigmoid(a / tau), (a.detach() > 0).to(logits.dtype) if hard else None
     a = logits + gumbel_noise(u)
     y = torch.softmax(a / tau, -1)
-    return y, one_hot(a.detach().argmax(-1), logits.shape[-1], logits.dtype)
+    return y, one_hot(a.detach().argmax(-1), logits.shape[-1], logits.dtype) if hard else None
 
 
-class _Relaxed(Estimator):
+class _Relaxed(Tempered, Estimator):
     relaxed = True
 
     def __init__(self, kind, latent_shape, samples=1, tau: TauSchedule | None = None):
         super().__init__(kind, latent_shape, samples)
         self.schedule = tau or TauSchedule()
-        self.tau = self.schedule(0)
+        self._init_tau(self.schedule(0))
 
     @classmethod
     def from_config(cls, cfg, kind, latent_shape):
@@ -86,13 +88,13 @@ class GumbelSoftmax(_Relaxed):
     name = "gumbel"
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
-        y, _ = relaxed_sample(logits, self.kind, u, self.tau)
+        y, _ = relaxed_sample(logits, self.kind, u, self.tau_t, hard=False)
         fz = f(y)
         return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
 
     def sample_step(self, logits_t: Tensor, u_t: Tensor):
         """Sequential rollouts: the relaxed sample (later steps see relaxed earlier glimpses)."""
-        y, h = relaxed_sample(logits_t, self.kind, u_t[:1], self.tau)
+        y, h = relaxed_sample(logits_t, self.kind, u_t[:1], self.tau_t)
         return y, step_log_prob(logits_t.detach(), h, self.kind)
 
 
@@ -102,11 +104,11 @@ class STGumbelSoftmax(_Relaxed):
     relaxed = False  # f sees exact hard samples in the forward pass
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
-        y, h = relaxed_sample(logits, self.kind, u, self.tau)
+        y, h = relaxed_sample(logits, self.kind, u, self.tau_t)
         fz = f(h + (y - y.detach()))
         return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
 
     def sample_step(self, logits_t: Tensor, u_t: Tensor):
         """Sequential rollouts: hard sample forward, relaxed gradient backward, step by step."""
-        y, h = relaxed_sample(logits_t, self.kind, u_t[:1], self.tau)
+        y, h = relaxed_sample(logits_t, self.kind, u_t[:1], self.tau_t)
         return h + (y - y.detach()), step_log_prob(logits_t.detach(), h, self.kind)

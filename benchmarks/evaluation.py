@@ -1,0 +1,52 @@
+"""The final test bound: log p(x) >= logsumexp_k log w_k - log K with K = 1000 importance samples
+over the 10k test images, on the default (linear) VAE, as the harness computes it
+(``VAE.evaluate``) and as a direct loop over chunks of images would."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .common import median, peak_memory_mb, timed
+
+
+def plain_bound(model, x: torch.Tensor, samples: int, images_per_chunk: int = 20) -> torch.Tensor:
+    """The direct way: per chunk of images, K Bernoulli samples, binary cross-entropies."""
+    out = []
+    for i in range(0, len(x), images_per_chunk):
+        xb = x[i:i + images_per_chunk]
+        logits = model.encoder(xb)
+        z = torch.bernoulli(torch.sigmoid(logits).expand(samples, *logits.shape))
+        dec = model.decoder(z)
+        log_px = -F.binary_cross_entropy_with_logits(dec, xb.expand_as(dec), reduction="none").sum(-1)
+        prior = model.prior_logits.expand_as(z)
+        log_pz = -F.binary_cross_entropy_with_logits(prior, z, reduction="none").sum(-1)
+        log_qz = -F.binary_cross_entropy_with_logits(logits.expand_as(z), z, reduction="none").sum(-1)
+        out.append(torch.logsumexp(log_px + log_pz - log_qz, 0) - math.log(samples))
+    return torch.cat(out)
+
+
+def run_case(device: torch.device, samples: int = 1000, images: int = 10000, repeats: int = 1,
+             part: str = "both") -> dict:
+    from experiment.data import MNISTData, load_mnist
+    from models import VAE
+    torch.manual_seed(0)
+    data = MNISTData(load_mnist(), "dynamic", device, 0)
+    x = data.full("test")[:images]
+    model = VAE().to(device)
+    model.set_data_mean(data.train_mean())
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+    row = {"what": f"test bound, K={samples}, {len(x)} images", "harness_s": float("nan"),
+           "plain_s": float("nan")}
+    with torch.no_grad():
+        if part in ("both", "harness"):
+            row["harness_s"] = median(timed(lambda: model.evaluate(x, samples, generator=gen),
+                                            repeats, device, warmup=0))
+        if part in ("both", "plain"):
+            row["plain_s"] = median(timed(lambda: plain_bound(model, x, samples), repeats, device,
+                                          warmup=0))
+    row["speedup"] = row["plain_s"] / row["harness_s"]
+    row["peak_mb"] = peak_memory_mb(device)
+    return row

@@ -1,0 +1,48 @@
+"""Benchmarks of whole ``run.py`` processes: start-up of a one-step run, and a sweep with the basic
+launcher against the joblib launcher."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from .common import ROOT, median
+
+
+def _wall(args: list[str], env=None) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return wall
+
+
+def startup(device: torch.device, repeats: int = 3) -> list[dict]:
+    """Wall time of ``python run.py model=toy train.steps=1`` (a new process each time, the MNIST
+    cache warm), against ``python -c 'import torch'`` measured in the same run."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [_wall([sys.executable, "run.py", "model=toy", "train.steps=1", f"device={device.type}",
+                       f"hydra.run.dir={tmp}/run{i}"]) for i in range(repeats + 1)][1:]
+    torch_only = [_wall([sys.executable, "-c", "import torch"]) for _ in range(repeats + 1)][1:]
+    rows.append({"what": "python run.py model=toy train.steps=1", "seconds": median(runs),
+                 "import_torch_s": median(torch_only), "ratio": median(runs) / median(torch_only)})
+    return rows
+
+
+def sweep(overrides: list[str], jobs: int = 2) -> list[dict]:
+    """Wall time of one multirun with the basic launcher and with ``hydra/launcher=joblib``."""
+    env = dict(os.environ)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for launcher in ("basic", "joblib"):
+            extra = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if launcher == "joblib" else []
+            rows[launcher] = _wall([sys.executable, "run.py", "-m", *overrides, *extra,
+                                    f"hydra.sweep.dir={tmp}/{launcher}"], env=env)
+    return [{"what": "python run.py -m " + " ".join(overrides), "basic_s": rows["basic"],
+             "joblib_s": rows["joblib"], "speedup": rows["basic"] / rows["joblib"]}]

@@ -1,0 +1,92 @@
+"""Training throughput: the harness (``experiment.train.Trainer.fit`` at default logging) against
+the plain loop of the same model and estimator (:mod:`benchmarks.plain`), in one process.
+
+Harness steps/s is the loop's own ``steps_per_s`` of each log interval (training time only:
+evaluation, probes and checkpoints excluded, logging and every per-step check included), from a
+real run folder; the plain loop is timed over blocks of the same number of steps. Two rounds of
+(harness run, plain blocks) are interleaved, the first interval / block of each is a warm-up, and
+the medians over the rest are reported.
+"""
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+
+import torch
+
+from .common import compose, median, peak_memory_mb, sync
+
+MODELS = {
+    # name: (harness overrides, plain constructor arguments)
+    "vae": (["model=vae"], {"hidden": ()}),
+    "vae_nonlinear": (["model=vae", "model.hidden=[200,200]"], {"hidden": (200, 200)}),
+    "toy": (["model=toy"], {}),
+}
+
+
+def harness_rates(model: str, est: str, device: torch.device, intervals: int, compile_: bool,
+                  extra: list[str] = ()) -> tuple[list[float], int, float]:
+    """Steps/s of each log interval of a real run (the first is the warm-up), log_every and the
+    run's wall seconds."""
+    from experiment.train import Trainer
+    overrides = [*MODELS[model][0], f"estimator={est}", f"device={device.type}",
+                 "train.eval_every=1000000000", "train.checkpoint_every=1000000000",
+                 "eval.samples=1", "eval.final_samples=0", "train.progress=log",
+                 f"train.compile={str(compile_).lower()}", *extra]
+    cfg = compose(overrides)
+    log_every = int(cfg.train.log_every)
+    cfg.train.steps = log_every * (intervals + 1)
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        Trainer(cfg, out).fit()
+        wall = time.perf_counter() - t0
+        with open(f"{out}/metrics.csv", newline="") as fh:
+            rates = [float(r["value"]) for r in csv.DictReader(fh) if r["metric"] == "steps_per_s"]
+    return rates, log_every, wall
+
+
+def plain_rates(model: str, est: str, device: torch.device, blocks: int, block: int) -> list[float]:
+    """Steps/s of ``blocks`` + 1 blocks of the plain loop (the first is the warm-up)."""
+    from .plain import PlainToy, PlainVAE
+    if model == "toy":
+        cfg = compose(["model=toy"])
+        loop = PlainToy(est, dim=int(cfg.model.dim), t=float(cfg.model.t),
+                        batch_size=int(cfg.train.batch_size), lr=float(cfg.train.lr), device=device)
+    else:
+        from experiment.data import load_mnist
+        images = torch.as_tensor(load_mnist()["train"][0])
+        loop = PlainVAE(images, est, device=device, **MODELS[model][1])
+    out = []
+    for _ in range(blocks + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(block):
+            loop.step()
+        sync(device)
+        out.append(block / (time.perf_counter() - t0))
+    return out
+
+
+def run_case(model: str, est: str, device: torch.device, repeats: int = 5, compile_: bool = False,
+             part: str = "both") -> dict:
+    """One row: harness and plain steps/s (medians), their ratio, examples/s, peak memory.
+    ``part='harness'`` or ``'plain'`` runs only that side (for its own peak memory)."""
+    batch = int(compose(MODELS[model][0]).train.batch_size)
+    row = {"model": model, "estimator": est + (" (compile)" if compile_ else ""), "batch": batch}
+    h, p = [], []
+    warm = []
+    for _ in range(2 if part == "both" else 1):
+        if part in ("both", "harness"):
+            rates, log_every, _ = harness_rates(model, est, device, repeats, compile_)
+            h += rates[1:]
+            warm.append(log_every / rates[0])
+        if part in ("both", "plain"):
+            log_every = int(compose(MODELS[model][0]).train.log_every)
+            p += plain_rates(model, est, device, repeats, log_every)[1:]
+    hs, ps = median(h), median(p)
+    row.update({"harness_steps_s": hs, "plain_steps_s": ps, "ratio": hs / ps,
+                "harness_examples_s": hs * batch,
+                "first_interval_s": median(warm), "interval_steps": log_every,
+                "peak_mb": peak_memory_mb(device)})
+    return row
