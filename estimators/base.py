@@ -240,7 +240,8 @@ class Tempered:
     attribute and would recompile at every new temperature of the schedule (train.compile)."""
 
     def _init_tau(self, value: float) -> None:
-        self.register_buffer("tau_t", torch.tensor(float(value)), persistent=False)
+        self.register_buffer("tau_t", torch.tensor(float(value), dtype=torch.float64),
+                             persistent=False)          # float64: exactly the Python float
         self.tau = value
 
     @property

