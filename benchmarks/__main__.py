@@ -1,4 +1,4 @@
-"""``python -m benchmarks [train] [probe] [eval] [startup] [sweep] [memory] [--device D] [--quick]``
+"""``python -m benchmarks [train] [probe] [eval] [startup] [sweep] [memory] [replicas] [--device D] [--quick]``
 
 Runs the benchmarks (all of them without names), prints each table and writes it to
 ``benchmarks/results/<machine>.md`` (``cpu-<threads>threads`` or ``cuda-<gpu>``), replacing only
@@ -16,6 +16,8 @@ peak memory (resident set size on CPU, the CUDA allocator's peak on a GPU) is it
 - startup: wall time of ``python run.py model=toy train.steps=1`` against ``import torch``.
 - sweep: a 3 x 3 multirun with the basic launcher against hydra/launcher=joblib (2 jobs).
 - memory: peak memory of the harness and of the plain loop, each alone in its process.
+- replicas: N copies of the default VAE trained in one process with torch.func over stacked
+  parameters, against N = 1 (does ``train.replicas=N`` pay on this device?).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch
 
 from .common import ROOT, describe, device_of, machine
 
-SECTIONS = ("train", "probe", "eval", "startup", "sweep", "memory")
+SECTIONS = ("train", "probe", "eval", "startup", "sweep", "memory", "replicas")
 MARK = "BENCH-RESULT "
 
 NOTES = {
@@ -43,6 +45,9 @@ NOTES = {
     "eval": "seconds of the test bound over the test images; speedup = plain / harness.",
     "startup": "median wall seconds of a new process, 3 repeats after one warm-up.",
     "sweep": "wall seconds of the whole multirun; speedup = basic / joblib.",
+    "replicas": "replica-steps/s (N x steps/s) of N vectorised copies of the plain Gumbel VAE, median of "
+                "blocks of 100 steps; ratio_to_1: against N = 1 with the same code; ratio_to_plain_loop: "
+                "against one plain loop of the same model (benchmarks.plain).",
     "memory": "peak memory in MiB of a child process that runs only that side (CPU: peak resident "
               "set size, which includes the ~300 MiB of the torch import; CUDA: allocator peak).",
 }
@@ -88,6 +93,9 @@ def run_case(case: dict) -> list[dict]:
         from . import evaluation
         return [evaluation.run_case(device, case["samples"], case["images"], case["repeats"],
                                     case.get("part", "both"))]
+    if bench == "replicas":
+        from . import replicas
+        return replicas.run(device, tuple(case["sizes"]), repeats=case["repeats"])
     raise ValueError(f"unknown benchmark case {case}")
 
 
@@ -112,6 +120,9 @@ def cases(name: str, device: str, quick: bool, repeats: int) -> list[dict]:
     if name == "eval":
         return [{**base, "bench": "eval", "samples": 1000, "images": 1000 if quick else 10000,
                  "repeats": 1}]
+    if name == "replicas":
+        sizes = (1, 4) if quick else ((1, 8, 64, 256) if device == "cuda" else (1, 4, 16))
+        return [{**base, "bench": "replicas", "sizes": list(sizes), "repeats": min(repeats, 3)}]
     if name == "memory":
         out = []
         for m in ("vae", "vae_nonlinear", "toy"):

@@ -47,7 +47,7 @@ timeout 120 $PY run.py model=vae train.steps=2000 eval.final_samples=100 device=
 
 # 2. the benchmarks
 if [ "${QUICK:-0}" = 1 ]; then ARGS="--quick --repeats 2"; else ARGS="--repeats 3"; fi
-timeout 420 $PY -m benchmarks train probe eval startup memory --device "$DEVICE" $ARGS 2>&1 \
+timeout 420 $PY -m benchmarks train probe eval startup memory replicas --device "$DEVICE" $ARGS 2>&1 \
     | tee "$OUT/benchmarks.txt"
 cp benchmarks/results/*.md "$OUT/" 2>/dev/null
 rm -rf "$OUT/run/checkpoint.pt"
