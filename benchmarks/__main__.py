@@ -185,13 +185,16 @@ def main(argv=None) -> None:
             print(MARK + json.dumps(row), flush=True)
         return
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
-    p.add_argument("names", nargs="*", choices=[[], *SECTIONS], default=[],
+    p.add_argument("names", nargs="*", default=[],
                    help=f"benchmarks to run (default: all of {', '.join(SECTIONS)})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per case (default 5)")
     p.add_argument("--quick", action="store_true", help="fewer cases and smaller sizes (a smoke run)")
     p.add_argument("--no-write", action="store_true", help="print only; do not update results/")
     a = p.parse_args(argv)
+    for n in a.names:
+        if n not in SECTIONS:
+            p.error(f"unknown benchmark {n!r}; accepted: {', '.join(SECTIONS)}")
     if a.repeats < 1:
         p.error(f"--repeats={a.repeats} is invalid: it must be >= 1")
     if a.device == "cuda" and not torch.cuda.is_available():

@@ -147,3 +147,40 @@ def test_training_path_imports_no_dynamo_pandas_or_matplotlib(tmp_path):
             "print('IMPORTED', bad)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert "IMPORTED []" in r.stdout, r.stdout + r.stderr
+
+
+def test_benchmark_cases_run_and_results_keep_other_sections(tmp_path):
+    """The benchmark module works end to end on the toy (numbers are not checked: timings belong
+    to benchmarks/results, not to tests), and rewriting one section keeps the others."""
+    from benchmarks import __main__ as bench
+    from benchmarks.train import run_case
+    row = run_case("toy", "disarm", torch.device("cpu"), repeats=1)
+    assert row["harness_steps_s"] > 0 and row["plain_steps_s"] > 0 and row["peak_mb"] > 0
+    path = tmp_path / "r.md"
+    bench.write_results(path, {"train": "## train\n\nold train\n", "probe": "## probe\n\np\n"}, "# h\n")
+    bench.write_results(path, {"train": "## train\n\nnew train\n"}, "# h\n")
+    text = path.read_text()
+    assert "new train" in text and "old train" not in text and "\np\n" in text
+    assert text.index("## train") < text.index("## probe")
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "train", "--repeats", "0"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--repeats=0" in r.stderr and ">= 1" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "trian"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "trian" in r.stderr and "train" in r.stderr
+
+
+def test_plain_disarm_baseline_is_unbiased_on_the_toy():
+    """The plain loops compute the estimators they are named after: DisARM's plain surrogate, on
+    the toy problem with t = 0.45, averages to the exact gradient (z-test, fixed seed)."""
+    from benchmarks.plain import _grad_of
+    torch.manual_seed(0)
+    t, n = 0.45, 200000
+    phi = torch.full((n, 1), 0.3, requires_grad=True)
+    surrogate, _ = _grad_of("disarm", phi, lambda z: (z - t).pow(2).mean(-1))
+    g, = torch.autograd.grad(surrogate.sum(), phi)
+    s = torch.sigmoid(torch.tensor(0.3))
+    exact = (1 - 2 * t) * s * (1 - s)
+    z = (g.mean() - exact) / (g.std() / math.sqrt(n))
+    assert abs(float(z)) < 4, (float(g.mean()), float(exact))
+    assert g.std() > 0
