@@ -433,8 +433,9 @@ class Trainer:
                         self._fold_losses()
                 wall = elapsed0 + time.perf_counter() - t_session
                 if s % log_every == 0 or s == steps:
+                    # the host syncs of a step happen only here: the loss and parameter checks
+                    # and the mean loss of the interval
                     self.check_finite()
-                    # the one sync of a log step
                     mean_loss = (self._loss_sum / self._n_sum).item() if self._n_sum else math.nan
                     now = time.perf_counter()
                     # steps_per_s counts training time only: evals, probes, checkpoints excluded
