@@ -201,7 +201,7 @@ def main(argv=None) -> None:
         p.error("--device=cuda was requested but CUDA is not available; accepted here: auto, cpu")
     names = [n for n in SECTIONS if n in a.names] or list(SECTIONS)
     device = device_of(a.device)
-    command = "python -m benchmarks " + " ".join(argv)
+    command = " ".join(["python -m benchmarks", *argv])
     sections = {}
     for name in names:
         t0 = time.perf_counter()

@@ -62,8 +62,15 @@ def machine(device: torch.device) -> str:
 def describe(device: torch.device) -> str:
     what = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    from importlib.metadata import PackageNotFoundError, version
+    libs = []
+    for name in ("hydra-core", "omegaconf", "numpy"):
+        try:
+            libs.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
     return (f"{device.type} ({what}); torch {torch.__version__}; python {platform.python_version()}; "
-            f"{platform.system()} {platform.release()}")
+            f"{'; '.join(libs)}; {platform.system()} {platform.release()}")
 
 
 def compose(overrides: list[str]):
