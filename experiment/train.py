@@ -28,7 +28,7 @@ from .logbook import (CSVLog, MetricsLog, load_checkpoint, save_checkpoint, vers
 from .validate import validate
 
 log = logging.getLogger("discograd")
-LOSS_FOLD = 256      # training losses kept on the device between checks (see Trainer._fold_losses)
+LOSS_CHECK = 256     # training losses kept on the device between checks (Trainer._check_losses)
 
 
 class Interrupted(Exception):
@@ -197,11 +197,12 @@ class Trainer:
         self.elapsed = 0.0            # training + eval seconds over all sessions (resume-safe)
         self.skip_nan = plain(cfg.train.on_nan) == "skip"
         self.skipped = 0              # steps skipped for a non-finite loss or gradient
-        # training losses since the last log: (step, 0-dim loss) pairs, kept on the device and
-        # checked and summed into _loss_sum / _n_sum at log steps or every LOSS_FOLD steps
-        self._losses: list[tuple[int, torch.Tensor]] = []
+        # training loss summed since the last log (in step order, so that a resumed run logs the
+        # same values), and the (step, 0-dim loss) pairs not yet checked for NaN / inf: both on the
+        # device, checked at log steps and every LOSS_CHECK steps
         self._loss_sum = torch.zeros((), device=self.device)
         self._n_sum = 0
+        self._losses: list[tuple[int, torch.Tensor]] = []
         self._signal = None
         self.eval_gen = torch.Generator(device=self.device)
         if int(dg.every) > 0:
@@ -277,25 +278,22 @@ class Trainer:
             loss = loss + extra.detach()
         return surrogate, loss, est.stats
 
-    def _fold_losses(self) -> None:
-        """Check the training losses kept since the last fold (one sync) and add them to the log
-        accumulator; raise Diverged at the first non-finite one."""
+    def _check_losses(self) -> None:
+        """Check the training losses kept since the last check (one sync); raise Diverged at the
+        first non-finite one."""
         if not self._losses:
             return
-        values = torch.stack([v for _, v in self._losses])
-        ok = torch.isfinite(values)
+        ok = torch.isfinite(torch.stack([v for _, v in self._losses]))
         if not bool(ok.all()):
             first = int((~ok).nonzero()[0, 0])
             raise Diverged(self._losses[first][0], "training loss")
-        self._loss_sum += values.sum()
-        self._n_sum += len(self._losses)
         self._losses.clear()
 
     def check_finite(self) -> None:
         """At log steps and before checkpoints: raise Diverged at the first step whose training
         loss was NaN or inf; otherwise, if a parameter is non-finite, it was the gradient of the
         step just taken (the loss after any earlier bad update would have been non-finite)."""
-        self._fold_losses()
+        self._check_losses()
         if not bool(finite(list(self.model.parameters()))):
             raise Diverged(self.step, "gradient")
 
@@ -320,15 +318,8 @@ class Trainer:
         return {"step": self.step, "elapsed": self.elapsed, "model": self.model.state_dict(),
                 "estimator": self.estimator.state_dict(), "optimizer": self.opt.state_dict(),
                 "batches": self.batches.state_dict(), "rng": rng, "skipped": self.skipped,
-                "log_accumulator": self._log_accumulator(),
+                "log_accumulator": {"sum": self._loss_sum, "n": self._n_sum},
                 "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)}
-
-    def _log_accumulator(self) -> dict:
-        total, n = self._loss_sum.clone(), self._n_sum
-        if self._losses:
-            total += torch.stack([v for _, v in self._losses]).sum()
-            n += len(self._losses)
-        return {"sum": total, "n": n}
 
     def save(self) -> None:
         save_checkpoint(self.out / "checkpoint.pt", self.state())
@@ -428,9 +419,11 @@ class Trainer:
                 self.step += 1
                 s = self.step
                 if loss is not None:
+                    self._loss_sum += loss
+                    self._n_sum += 1
                     self._losses.append((s, loss))
-                    if len(self._losses) >= LOSS_FOLD:
-                        self._fold_losses()
+                    if len(self._losses) >= LOSS_CHECK:
+                        self._check_losses()
                 wall = elapsed0 + time.perf_counter() - t_session
                 if s % log_every == 0 or s == steps:
                     # the host syncs of a step happen only here: the loss and parameter checks
