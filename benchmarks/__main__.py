@@ -38,8 +38,10 @@ MARK = "BENCH-RESULT "
 NOTES = {
     "train": "steps/s: medians over log intervals (harness: the loop's own steps_per_s of a real run "
              "at default log_every, evaluation excluded) and over blocks of as many steps (plain "
-             "loop), two interleaved rounds, warm-up excluded; ratio = harness / plain; "
-             "first_interval_s: seconds of the first log interval (compilation for compile rows).",
+             "loop), in 4 interleaved rounds, warm-up excluded; ratio: the median over rounds of "
+             "each round's harness / plain (ratio_min: the lowest round); first_interval_s: seconds "
+             "of the first log interval (compilation for compile rows, from the on-disk cache "
+             "after the first).",
     "probe": "seconds for K estimates and their moments: batched (vmap over grad) against a loop of "
              "K backward passes accumulating the same moments; speedup = loop / batched.",
     "eval": "seconds of the test bound over the test images; speedup = plain / harness.",
@@ -105,6 +107,7 @@ def cases(name: str, device: str, quick: bool, repeats: int) -> list[dict]:
         from .plain import ESTIMATORS
         models = ("vae", "toy") if quick else ("vae", "vae_nonlinear", "toy")
         ests = ("st", "gumbel") if quick else ESTIMATORS
+        base = {**base, "repeats": min(repeats, 3)}     # x 4 interleaved rounds (benchmarks.train)
         out = [{**base, "bench": "train", "model": m, "estimator": e} for m in models for e in ests]
         compiled = [("vae", "gumbel")] if quick else [("vae", e) for e in ("st", "reinforce", "gumbel")] + \
             [("vae_nonlinear", "gumbel"), ("toy", "gumbel")]

@@ -3,9 +3,9 @@ the plain loop of the same model and estimator (:mod:`benchmarks.plain`), in one
 
 Harness steps/s is the loop's own ``steps_per_s`` of each log interval (training time only:
 evaluation, probes and checkpoints excluded, logging and every per-step check included), from a
-real run folder; the plain loop is timed over blocks of the same number of steps. Two rounds of
-(harness run, plain blocks) are interleaved, the first interval / block of each is a warm-up, and
-the medians over the rest are reported.
+real run folder; the plain loop is timed over blocks of the same number of steps. Rounds of
+(harness run, plain blocks) are interleaved, the first interval / block of each is a warm-up; the
+ratio is the median of the rounds' ratios.
 """
 from __future__ import annotations
 
@@ -69,24 +69,33 @@ def plain_rates(model: str, est: str, device: torch.device, blocks: int, block: 
 
 
 def run_case(model: str, est: str, device: torch.device, repeats: int = 5, compile_: bool = False,
-             part: str = "both") -> dict:
+             part: str = "both", rounds: int = 4) -> dict:
     """One row: harness and plain steps/s (medians), their ratio, examples/s, peak memory.
-    ``part='harness'`` or ``'plain'`` runs only that side (for its own peak memory)."""
+
+    ``rounds`` interleaved rounds of (a harness run of ``repeats`` log intervals after a warm-up
+    interval, ``repeats`` plain blocks after a warm-up block); the ratio is the median over rounds
+    of each round's harness / plain medians, so that a drift of the machine's speed between rounds
+    (frequent on a shared VM) cancels. ``part='harness'`` or ``'plain'`` runs only that side, once
+    (for its own peak memory)."""
     batch = int(compose(MODELS[model][0]).train.batch_size)
+    log_every = int(compose(MODELS[model][0]).train.log_every)
     row = {"model": model, "estimator": est + (" (compile)" if compile_ else ""), "batch": batch}
-    h, p = [], []
-    warm = []
-    for _ in range(2 if part == "both" else 1):
+    h, p, ratios, warm = [], [], [], []
+    for _ in range(rounds if part == "both" else 1):
+        hr = pr = []
         if part in ("both", "harness"):
             rates, log_every, _ = harness_rates(model, est, device, repeats, compile_)
-            h += rates[1:]
+            hr = rates[1:]
             warm.append(log_every / rates[0])
         if part in ("both", "plain"):
-            log_every = int(compose(MODELS[model][0]).train.log_every)
-            p += plain_rates(model, est, device, repeats, log_every)[1:]
-    hs, ps = median(h), median(p)
-    row.update({"harness_steps_s": hs, "plain_steps_s": ps, "ratio": hs / ps,
-                "harness_examples_s": hs * batch,
-                "first_interval_s": median(warm), "interval_steps": log_every,
-                "peak_mb": peak_memory_mb(device)})
+            pr = plain_rates(model, est, device, repeats, log_every)[1:]
+        h += hr
+        p += pr
+        if hr and pr:
+            ratios.append(median(hr) / median(pr))
+    hs = median(h)
+    row.update({"harness_steps_s": hs, "plain_steps_s": median(p), "ratio": median(ratios),
+                "ratio_min": min(ratios, default=float("nan")),
+                "harness_examples_s": hs * batch, "first_interval_s": median(warm),
+                "interval_steps": log_every, "peak_mb": peak_memory_mb(device)})
     return row
