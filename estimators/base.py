@@ -234,15 +234,28 @@ class Estimator(nn.Module):
 
 
 class Tempered:
-    """Mixin of estimators with a scheduled temperature: ``tau`` is the Python float (logged,
-    compared in tests), ``tau_t`` a 0-dim buffer holding the same value, which the computations
-    use. A tensor is an input of a compiled graph, whereas torch.compile specialises on a float
-    attribute and would recompile at every new temperature of the schedule (train.compile)."""
+    """Mixin of estimators with a scheduled temperature (placed before Estimator in the bases).
 
-    def _init_tau(self, value: float) -> None:
-        self.register_buffer("tau_t", torch.tensor(float(value), dtype=torch.float64),
+    The schedule (a callable step -> tau, e.g. relaxed.TauSchedule) is the attribute named by
+    ``schedule_attr``; ``tau`` is its current value as a Python float (logged as ``tau``, compared
+    in tests) and ``tau_t`` a 0-dim buffer holding the same value, which the computations use. A
+    tensor is an input of a compiled graph, whereas torch.compile specialises on a float attribute
+    and would recompile at every new temperature of the schedule (train.compile)."""
+
+    schedule_attr: ClassVar[str] = "schedule"
+
+    def _init_schedule(self, schedule) -> None:
+        setattr(self, self.schedule_attr, schedule)
+        self.register_buffer("tau_t", torch.tensor(float(schedule(0)), dtype=torch.float64),
                              persistent=False)          # float64: exactly the Python float
-        self.tau = value
+        self.tau = schedule(0)
+
+    def set_step(self, step: int) -> None:
+        super().set_step(step)
+        self.tau = getattr(self, self.schedule_attr)(step)
+
+    def scalars(self) -> dict[str, float]:
+        return {"tau": self.tau}
 
     @property
     def tau(self) -> float:

@@ -48,6 +48,7 @@ def reinmax_sample(theta: Tensor, D: Tensor, tau: float | Tensor) -> Tensor:
 @register
 class ReinMax(Tempered, Estimator):
     name = "reinmax"
+    schedule_attr = "tau_schedule"   # not `schedule`: diagnostics share that with gumbel's
     unbiased = False
 
     def __init__(self, kind, latent_shape, samples: int = 1, tau: TauSchedule | None = None):
@@ -60,19 +61,11 @@ class ReinMax(Tempered, Estimator):
                     f"estimator.tau.{key}={value} is invalid for reinmax: ReinMax requires a "
                     "temperature >= 1 (Liu et al. 2023, section 5); e.g. estimator.tau.init=1.3 "
                     "estimator.tau.min=1.3")
-        self.tau_schedule = sched            # not `schedule`: diagnostics share that with gumbel
-        self._init_tau(sched(0))
+        self._init_schedule(sched)
 
     @classmethod
     def from_config(cls, cfg, kind, latent_shape):
         return cls(kind, latent_shape, samples=cfg.samples, tau=TauSchedule.from_config(cfg.tau))
-
-    def set_step(self, step: int) -> None:
-        super().set_step(step)
-        self.tau = self.tau_schedule(step)
-
-    def scalars(self) -> dict[str, float]:
-        return {"tau": self.tau}
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
         D = hard_sample(logits, self.kind, u)                       # [S, B, ...]

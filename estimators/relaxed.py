@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import (ConfigError, Estimate, Estimator, Objective, Tempered, check_positive, gumbel_noise,
-                   is_number, logistic_noise, one_hot, register, step_log_prob)
+from .base import (ConfigError, Estimate, Estimator, Objective, Tempered, check_positive,
+                   gumbel_noise, is_number, logistic_noise, one_hot, register, step_log_prob)
 
 
 @dataclass(frozen=True)
@@ -68,19 +68,11 @@ class _Relaxed(Tempered, Estimator):
 
     def __init__(self, kind, latent_shape, samples=1, tau: TauSchedule | None = None):
         super().__init__(kind, latent_shape, samples)
-        self.schedule = tau or TauSchedule()
-        self._init_tau(self.schedule(0))
+        self._init_schedule(tau or TauSchedule())
 
     @classmethod
     def from_config(cls, cfg, kind, latent_shape):
         return cls(kind, latent_shape, samples=cfg.samples, tau=TauSchedule.from_config(cfg.tau))
-
-    def set_step(self, step: int) -> None:
-        super().set_step(step)
-        self.tau = self.schedule(step)
-
-    def scalars(self) -> dict[str, float]:
-        return {"tau": self.tau}
 
 
 @register
