@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def device_of(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto`` | ``cpu`` | ``cuda``, resolved as the harness's ``device=`` key is."""
+    from experiment.train import pick_device
+    return pick_device(name)
 
 
 def sync(device: torch.device) -> None:

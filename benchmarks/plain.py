@@ -54,20 +54,35 @@ def _grad_of(est: str, logits: torch.Tensor, f, t_or_none=None):
     raise ValueError(f"plain baseline has no estimator {est!r}; accepted: {', '.join(ESTIMATORS)}")
 
 
+class VAENet(nn.Module):
+    """Encoder 784-[hidden]-200, mirrored decoder, learned prior logits; the decoder's output
+    bias starts at the logit of the data mean ``mean`` (as the harness's VAE)."""
+
+    def __init__(self, mean: torch.Tensor, hidden=()):
+        super().__init__()
+        self.enc = _mlp([784, *hidden, 200])
+        self.dec = _mlp([200, *reversed(hidden), 784])
+        self.prior = nn.Parameter(torch.zeros(200))
+        with torch.no_grad():
+            m = mean.clamp(1e-3, 1 - 1e-3)
+            self.dec[-1].bias.copy_(torch.log(m) - torch.log1p(-m))
+
+    def kl(self, logits: torch.Tensor) -> torch.Tensor:
+        """KL(q(z | x) || p(z)) of Bernoulli latents, [B]."""
+        q, prior = torch.sigmoid(logits), self.prior
+        return (q * (F.logsigmoid(logits) - F.logsigmoid(prior))
+                + (1 - q) * (F.logsigmoid(-logits) - F.logsigmoid(-prior))).sum(-1)
+
+
 class PlainVAE:
-    """The Bernoulli VAE (784-[hidden]-200), learned prior logits, analytic KL, Adam."""
+    """The Bernoulli VAE (VAENet) trained with estimator ``est``, analytic KL, Adam."""
 
     def __init__(self, images: torch.Tensor, est: str, hidden=(), batch_size: int = 50,
                  lr: float = 1e-3, device="cpu"):
         self.X = images.to(device=device, dtype=torch.float32) / 256      # grey levels, in memory
         self.est, self.bs = est, batch_size
-        self.enc = _mlp([784, *hidden, 200]).to(device)
-        self.dec = _mlp([200, *reversed(hidden), 784]).to(device)
-        self.prior = nn.Parameter(torch.zeros(200, device=device))
-        with torch.no_grad():
-            m = self.X.mean(0).clamp(1e-3, 1 - 1e-3)
-            self.dec[-1].bias.copy_(torch.log(m) - torch.log1p(-m))
-        self.opt = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters(), self.prior], lr=lr)
+        self.net = VAENet(self.X.mean(0), hidden).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.perm, self.pos = torch.randperm(len(self.X), device=device), 0
 
     def step(self) -> torch.Tensor:
@@ -75,16 +90,14 @@ class PlainVAE:
             self.perm, self.pos = torch.randperm(len(self.X), device=self.X.device), 0
         x = torch.bernoulli(self.X[self.perm[self.pos * self.bs:(self.pos + 1) * self.bs]])
         self.pos += 1
-        logits = self.enc(x)
+        logits = self.net.enc(x)
 
         def f(z):                                       # -log p(x | z)
-            out = self.dec(z)
+            out = self.net.dec(z)
             return F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
 
         surrogate, loss = _grad_of(self.est, logits, f)
-        q, prior = torch.sigmoid(logits), self.prior
-        kl = (q * (F.logsigmoid(logits) - F.logsigmoid(prior))
-              + (1 - q) * (F.logsigmoid(-logits) - F.logsigmoid(-prior))).sum(-1)
+        kl = self.net.kl(logits)
         self.opt.zero_grad()
         (surrogate + kl).mean().backward()
         self.opt.step()

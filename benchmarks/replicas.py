@@ -16,36 +16,26 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .common import median, peak_memory_mb, sync
+from .plain import PlainVAE, VAENet
 
 
-class _VAE(nn.Module):
-    def __init__(self, mean: torch.Tensor):
-        super().__init__()
-        self.enc, self.dec = nn.Linear(784, 200), nn.Linear(200, 784)
-        self.prior = nn.Parameter(torch.zeros(200))
-        with torch.no_grad():
-            m = mean.clamp(1e-3, 1 - 1e-3)
-            self.dec.bias.copy_(torch.log(m) - torch.log1p(-m))
+class _GumbelVAE(VAENet):
+    """The linear VAENet with its Gumbel-softmax (tau = 1) loss as forward."""
 
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         logits = self.enc(x)
-        y = torch.sigmoid(logits + torch.log(u) - torch.log1p(-u))
-        out = self.dec(y)
+        out = self.dec(torch.sigmoid(logits + torch.log(u) - torch.log1p(-u)))
         nll = (F.softplus(out) - x * out).sum(-1)
-        q = torch.sigmoid(logits)
-        kl = (q * (F.logsigmoid(logits) - F.logsigmoid(self.prior))
-              + (1 - q) * (F.logsigmoid(-logits) - F.logsigmoid(-self.prior))).sum(-1)
-        return (nll + kl).mean()
+        return (nll + self.kl(logits)).mean()
 
 
 def rate(n: int, X: torch.Tensor, steps: int, repeats: int, batch: int = 50) -> list[float]:
     """Replica-steps/s of ``repeats`` blocks of ``steps`` steps (after one warm-up block)."""
     from torch.func import functional_call, grad, stack_module_state, vmap
     device = X.device
-    models = [_VAE(X.mean(0)).to(device) for _ in range(n)]
+    models = [_GumbelVAE(X.mean(0)).to(device) for _ in range(n)]
     params, _ = stack_module_state(models)
     template = copy.deepcopy(models[0]).to("meta")
     opt = torch.optim.Adam(list(params.values()), lr=1e-3, fused=True)
@@ -75,7 +65,6 @@ def rate(n: int, X: torch.Tensor, steps: int, repeats: int, batch: int = 50) -> 
 def run(device: torch.device, sizes: tuple[int, ...], steps: int = 100, repeats: int = 3) -> list[dict]:
     from experiment.data import load_mnist
     X = torch.as_tensor(load_mnist()["train"][0]).to(device=device, dtype=torch.float32) / 256
-    from .plain import PlainVAE
     loop = PlainVAE(torch.as_tensor(load_mnist()["train"][0]), "gumbel", device=device)
 
     def plain_block():

@@ -25,25 +25,22 @@ MODELS = {
 }
 
 
-def harness_rates(model: str, est: str, device: torch.device, intervals: int, compile_: bool,
-                  extra: list[str] = ()) -> tuple[list[float], int, float]:
-    """Steps/s of each log interval of a real run (the first is the warm-up), log_every and the
-    run's wall seconds."""
+def harness_rates(model: str, est: str, device: torch.device, intervals: int,
+                  compile_: bool) -> tuple[list[float], int]:
+    """Steps/s of each log interval of a real run (the first is the warm-up), and log_every."""
     from experiment.train import Trainer
     overrides = [*MODELS[model][0], f"estimator={est}", f"device={device.type}",
                  "train.eval_every=1000000000", "train.checkpoint_every=1000000000",
                  "eval.samples=1", "eval.final_samples=0", "train.progress=log",
-                 f"train.compile={str(compile_).lower()}", *extra]
+                 f"train.compile={str(compile_).lower()}"]
     cfg = compose(overrides)
     log_every = int(cfg.train.log_every)
     cfg.train.steps = log_every * (intervals + 1)
     with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
         Trainer(cfg, out).fit()
-        wall = time.perf_counter() - t0
         with open(f"{out}/metrics.csv", newline="") as fh:
             rates = [float(r["value"]) for r in csv.DictReader(fh) if r["metric"] == "steps_per_s"]
-    return rates, log_every, wall
+    return rates, log_every
 
 
 def plain_rates(model: str, est: str, device: torch.device, blocks: int, block: int) -> list[float]:
@@ -77,14 +74,14 @@ def run_case(model: str, est: str, device: torch.device, repeats: int = 5, compi
     of each round's harness / plain medians, so that a drift of the machine's speed between rounds
     (frequent on a shared VM) cancels. ``part='harness'`` or ``'plain'`` runs only that side, once
     (for its own peak memory)."""
-    batch = int(compose(MODELS[model][0]).train.batch_size)
-    log_every = int(compose(MODELS[model][0]).train.log_every)
+    defaults = compose(MODELS[model][0]).train
+    batch, log_every = int(defaults.batch_size), int(defaults.log_every)
     row = {"model": model, "estimator": est + (" (compile)" if compile_ else ""), "batch": batch}
     h, p, ratios, warm = [], [], [], []
     for _ in range(rounds if part == "both" else 1):
         hr = pr = []
         if part in ("both", "harness"):
-            rates, log_every, _ = harness_rates(model, est, device, repeats, compile_)
+            rates, log_every = harness_rates(model, est, device, repeats, compile_)
             hr = rates[1:]
             warm.append(log_every / rates[0])
         if part in ("both", "plain"):

@@ -145,15 +145,13 @@ class Trainer:
             if why is not None:
                 raise ConfigError(f"estimator '{self.estimator.name}' cannot train model "
                                   f"'{self.model.name}' with sequential latents: {why}")
-        if bool(cfg.train.compile):
-            why = ("its latents are sequential (the model drives the rollout step by step)"
-                   if self.model.sequential else None)
-            what = f"model '{self.model.name}'"
-            if why is None and self.estimator.not_compilable:
-                why, what = self.estimator.not_compilable, f"estimator '{self.estimator.name}'"
-            if why is not None:
-                raise ConfigError(f"train.compile=true cannot compile {what}: {why}; "
-                                  "accepted: train.compile=false")
+        if bool(cfg.train.compile) and self.model.sequential:
+            raise ConfigError(f"train.compile=true cannot compile model '{self.model.name}': its "
+                              "latents are sequential (the model drives the rollout step by step); "
+                              "accepted: train.compile=false")
+        if bool(cfg.train.compile) and self.estimator.not_compilable:
+            raise ConfigError(f"train.compile=true cannot compile estimator '{self.estimator.name}': "
+                              f"{self.estimator.not_compilable}; accepted: train.compile=false")
         dg = cfg.diagnostics
         self.probe = None
         if int(dg.every) > 0 and self.model.sequential:
