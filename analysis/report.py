@@ -18,6 +18,43 @@ def main_metric(runs: pd.DataFrame) -> str | None:
     return None
 
 
+def _fmt(v: float) -> str:
+    return "nan" if not math.isfinite(v) else f"{v:.3g}"
+
+
+def gradient_table(g: pd.DataFrame, group: str = "encoder") -> list[str]:
+    """Markdown rows: every probed estimator at the last probe of ``g`` (mean over runs), with
+    the state it was measured in (aux), bias² +- SE or its upper limit below the noise floor,
+    and the noise-corrected SNR and cosine."""
+    g = g[g.param_group == group]
+    if g.empty:
+        return []
+    last = g[g.step == g.step.max()]
+    b2 = plots.bias2_summary(last, ["estimator"]).set_index("estimator")
+    cols = [c for c in ("variance", "snr", "cosine", "snr_raw", "cosine_raw", "evals") if c in last]
+    agg = last.groupby("estimator")[cols].mean()
+    aux = last.groupby("estimator")["aux"].agg(lambda v: ", ".join(sorted(set(map(str, v))))) \
+        if "aux" in last else pd.Series("", index=agg.index)
+    ref, bs = last["reference"].iloc[0], last["batch_size"].iloc[0] if "batch_size" in last else "?"
+    rows = [f"Step {int(last.step.max())}, {group} parameters, reference `{ref}`, diagnostic batch "
+            f"{bs}, K = {int(last['samples'].iloc[0])} estimates, mean over {last.run.nunique()} "
+            "run(s). bias²: ± one (jackknife) standard error, or `< u` when it is below the noise "
+            "floor (< 2 SE; u = upper limit). snr and cosine are noise-corrected (raw values in "
+            "brackets); cosine is blank where ||E g||² is below its noise floor.", "",
+            "| estimator | state (aux) | variance | bias² | snr [raw] | cosine [raw] | evals |",
+            "|---|---|---|---|---|---|---|"]
+    order = agg.sort_values("variance").index
+    for e in order:
+        r, b = agg.loc[e], b2.loc[e]
+        bias = f"< {_fmt(b.upper)}" if b.floor else f"{_fmt(b.b2)} ± {_fmt(b.b2_se)}"
+        snr = f"{_fmt(r.snr)} [{_fmt(r.snr_raw)}]" if "snr_raw" in r else _fmt(r.snr)
+        cos = "" if not math.isfinite(r.cosine) else _fmt(r.cosine)
+        cos = f"{cos} [{_fmt(r.cosine_raw)}]" if "cosine_raw" in r else cos
+        rows.append(f"| {e} | {aux.get(e, '')} | {_fmt(r.variance)} | {bias} | {snr} | {cos} | "
+                    f"{int(r.evals)} |")
+    return rows + [""]
+
+
 def make_report(path: str | Path, out: str | Path | None = None) -> Path:
     path = Path(path)
     out = Path(out) if out is not None else path / "analysis"
@@ -43,6 +80,13 @@ def make_report(path: str | Path, out: str | Path | None = None) -> Path:
         if metric:
             figures += [(f"{model}: final {metric[6:]} against temperature", p)
                         for p in plots.temperature(r, out, model, metric) if p.suffix == ".png"]
+    grad_lines = []
+    if not col.grad_stats.empty:
+        for model in sorted(col.runs["model.name"].dropna().unique()):
+            ids = set(col.runs.loc[col.runs["model.name"] == model, "run"])
+            rows = gradient_table(col.grad_stats[col.grad_stats.run.isin(ids)])
+            if rows:
+                grad_lines += [f"### {model}", "", *rows]
     table, _ = write_tables(col.runs, out)
     status = col.runs["status"].value_counts().to_dict()
     lines = [f"# discograd report: `{path}`", "",
@@ -59,7 +103,11 @@ def make_report(path: str | Path, out: str | Path | None = None) -> Path:
             err = "" if isinstance(err, float) and math.isnan(err) else str(err)
             lines.append(f"| `{r.run}` | {r.status} | {err.replace('|', '/')} |")
         lines.append("")
-    lines += ["## Figures", "", "Mean over seeds, shaded: ± one standard error.", ""]
+    if grad_lines:
+        lines += ["## Gradient diagnostics at the last probe", "", *grad_lines]
+    lines += ["## Figures", "", "Mean over seeds, shaded: ± one standard error. Training loss: "
+              "what each estimator optimises (the legend says which quantity: not comparable "
+              "across estimators); loss at exact samples: the same quantity for all.", ""]
     for title, p in figures:
         lines += [f"### {title}", "", f"![{title}]({p.name})", ""]
     lines += ["## Data", "", "Tidy tables of every run: `runs.csv` (config, status, final metrics), "

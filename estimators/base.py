@@ -142,6 +142,9 @@ class Estimator(nn.Module):
     relaxed: ClassVar[bool] = False
     # None, or why torch.compile cannot compile this estimator's forward pass (train.compile)
     not_compilable: ClassVar[str | None] = None
+    # what Estimate.loss (the logged train/loss) measures: not the same quantity for every
+    # estimator, so the analysis labels each curve with it
+    loss_quantity: ClassVar[str] = "f at exact samples"
 
     def __init__(self, kind: str, latent_shape: tuple[int, ...], samples: int = 1):
         super().__init__()
@@ -164,9 +167,17 @@ class Estimator(nn.Module):
     def multi_eval(self) -> bool:
         return self.evals > 1
 
+    @property
+    def adaptive(self) -> bool:
+        """True when the estimator adapts state of its own as it trains (parameters fitted with
+        their own objective, e.g. REBAR's eta and temperature, or running statistics such as an
+        EMA baseline): an untrained copy of it is not the estimator a user would measure."""
+        return any(p.requires_grad for p in self.parameters())
+
     def properties(self) -> dict:
         return {"name": self.name, "kinds": list(self.kinds), "unbiased": self.unbiased,
-                "relaxed": self.relaxed, "evals": self.evals, "multi_eval": self.multi_eval}
+                "relaxed": self.relaxed, "evals": self.evals, "multi_eval": self.multi_eval,
+                "loss_quantity": self.loss_quantity}
 
     def set_step(self, step: int) -> None:
         """Called by the training loop before each step (temperature schedules)."""

@@ -25,6 +25,7 @@ CHUNK_ROWS = 1 << 15        # configurations x examples per call of f
 class Exact(Estimator):
     name = "exact"
     unbiased = True
+    loss_quantity = "exact E[f]"
 
     def __init__(self, kind, latent_shape, samples: int = 1):
         super().__init__(kind, latent_shape, samples)

@@ -66,6 +66,10 @@ class Reinforce(Estimator):
         return cls(kind, latent_shape, samples=cfg.samples, baseline=getattr(cfg.baseline, "value", cfg.baseline),
                    ema_decay=cfg.ema_decay, baseline_hidden=cfg.baseline_hidden)
 
+    @property
+    def adaptive(self) -> bool:
+        return self.baseline != "none"          # the EMA (and the learned net) adapt
+
     def _update_ema(self, fz: Tensor) -> None:
         if not self.training:
             return

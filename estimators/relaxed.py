@@ -77,6 +77,7 @@ class _Relaxed(Tempered, Estimator):
 
 @register
 class GumbelSoftmax(_Relaxed):
+    loss_quantity = "f at relaxed samples"
     name = "gumbel"
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:

@@ -58,6 +58,7 @@ class Vimco(Estimator):
     name = "vimco"
     unbiased = True
     objective = "multisample"      # the target is the S-sample bound of -f, not E_q[f]
+    loss_quantity = "the S-sample bound"
 
     def __init__(self, kind, latent_shape, samples=5):
         if isinstance(samples, int) and not isinstance(samples, bool) and samples == 1:

@@ -13,6 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -208,11 +209,21 @@ class EvalConfig:
 
 @dataclass
 class DiagnosticsConfig:
-    every: int = 0             # 0 = off
+    every: int = 0             # 0 = off (the vae and toy models switch it on)
     samples: int = 100
-    estimators: Any = None     # None: the trained estimator; "all"; or a list of names
+    # "basic": the trained estimator + st, reinforce, gumbel, st_gumbel; None: the trained one;
+    # "all"; or a list of names
+    estimators: Any = "basic"
     reference: str = "auto"
-    batch_size: int = 50
+    batch_size: Optional[int] = None   # None: train.batch_size (the gradient the run applies)
+    fit_steps: int = 200       # inner steps fitting a comparator's own parameters at each probe
+    fit_lr: Optional[float] = None     # None: train.lr
+
+
+@dataclass
+class ReportConfig:
+    run: bool = True           # a finished run writes RUN/analysis/report.md and its figures
+    sweep: bool = True         # a finished sweep writes SWEEP/analysis/report.md (hydra callback)
 
 
 @dataclass
@@ -240,6 +251,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     # set by paper presets (configs/experiment/): name, protocol, the final metric the published
     # numbers refer to, and published.<estimator> values; read by the analysis tables
     preset: Optional[PresetConfig] = None
@@ -255,19 +267,30 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("run_id", lambda: RUN_ID)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="schema/estimator", name="base", node=EstimatorConfig)
-    cs.store(group="schema/estimator", name="reinforce", node=ReinforceConfig)
-    cs.store(group="schema/estimator", name="relaxed", node=RelaxedConfig)
-    cs.store(group="schema/estimator", name="rebar", node=RebarConfig)
-    cs.store(group="schema/estimator", name="relax", node=RelaxConfig)
-    cs.store(group="schema/estimator", name="vimco", node=VimcoConfig)
-    cs.store(group="schema/estimator", name="gumbel_rao", node=GumbelRaoConfig)
-    cs.store(group="schema/estimator", name="gst", node=GSTConfig)
+    for name, node in SCHEMAS.items():
+        cs.store(group="schema/estimator", name=name, node=node)
     cs.store(group="schema/model", name="toy", node=ToyConfig)
     cs.store(group="schema/model", name="vae", node=VAEConfig)
     cs.store(group="schema/model", name="attention", node=AttentionConfig)
     cs.store(group="schema/data", name="mnist", node=DataConfig)
     cs.store(group="schema/data", name="canvas", node=CanvasDataConfig)
+
+
+SCHEMAS = {"base": EstimatorConfig, "reinforce": ReinforceConfig, "relaxed": RelaxedConfig,
+           "rebar": RebarConfig, "relax": RelaxConfig, "vimco": VimcoConfig,
+           "gumbel_rao": GumbelRaoConfig, "gst": GSTConfig}
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def estimator_defaults(name: str):
+    """The config of ``estimator=NAME`` as Hydra composes it (its YAML in configs/estimator/ over
+    its schema), without Hydra: used to build the diagnostics' comparators and references."""
+    raw = OmegaConf.load(CONFIG_DIR / "estimator" / f"{name}.yaml")
+    schema = "base"
+    for entry in raw.pop("defaults", []):
+        if isinstance(entry, str) and entry.startswith("/schema/estimator/"):
+            schema = entry[len("/schema/estimator/"):].split("@")[0]
+    return OmegaConf.merge(OmegaConf.structured(SCHEMAS[schema]), raw)
 
 
 def plain(value):

@@ -41,12 +41,20 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from estimators import REGISTRY, ConfigError, Estimator, log_prob, uniform
+from omegaconf import OmegaConf
+
+from estimators import REGISTRY, ConfigError, Estimator, build_estimator, log_prob, uniform
 from estimators.base import MAX_CONFIGS, all_configs, n_configs
+from .config import estimator_defaults
+from .optim import Adam
 
 GRAD_STATS_HEADER = ["step", "estimator", "param_group", "samples", "reference", "mean_norm",
-                     "variance", "bias2", "mse", "cosine", "snr", "evals", "seconds_per_estimate"]
+                     "variance", "bias2", "mse", "cosine", "snr", "evals", "seconds_per_estimate",
+                     # added after the contract's columns (their meaning is in the module doc)
+                     "aux", "batch_size", "mean_norm2", "mean_norm2_se", "bias2_se",
+                     "mean_norm_raw", "snr_raw", "cosine_raw"]
 GROUPS = ("encoder", "decoder", "all")
+JACKKNIFE_GROUPS = 10           # groups of the K estimates for the standard errors
 AUTO_M = 100
 REFERENCE_LOO = 10
 CHUNK_FLOATS = 1 << 22          # per-chunk budget of stacked gradient floats (16 MiB in float32:
@@ -62,7 +70,8 @@ def _buildable(name: str, kind: str, latent_shape, sequential: bool) -> str | No
     if getattr(cls, "objective", "mean") != "mean":
         return "estimates the gradient of another objective (the multi-sample bound), not of E[f]"
     try:
-        est = cls(kind, tuple(latent_shape))
+        with torch.random.fork_rng(devices=[]):      # a trial build draws no training randomness
+            est = build_estimator(estimator_defaults(name), kind, tuple(latent_shape))
     except ConfigError as e:
         return str(e)
     if sequential and est.multi_eval:
@@ -70,28 +79,32 @@ def _buildable(name: str, kind: str, latent_shape, sequential: bool) -> str | No
     return None
 
 
+BASIC = ("st", "reinforce", "gumbel", "st_gumbel")
+
+
 def resolve_estimators(spec, trained: str, kind: str, sequential: bool,
                        latent_shape=None) -> list[str]:
-    """Names for ``diagnostics.estimators``: None/'trained' = the trained one; 'all' = every
-    registered estimator that can run on this model with its default settings (e.g. ``exact``
-    only when the latent space is small enough to enumerate); a list or a comma-separated string
-    of names (each must be able to run)."""
+    """Names for ``diagnostics.estimators``: None/'trained' = the trained one; 'basic' (the
+    default) = the trained one and st, reinforce, gumbel, st_gumbel (those that can run); 'all' =
+    every registered estimator that can run on this model (e.g. ``exact`` only when the latent
+    space is small enough to enumerate; not ``vimco``, whose target is another objective); a list
+    or a comma-separated string of names (each must be able to run)."""
     if spec is None or spec == "trained":
         return [trained]
-    if spec == "all":
+    if spec in ("all", "basic"):
+        pool = sorted(REGISTRY) if spec == "all" else BASIC
         if latent_shape is None:
-            return [n for n, c in sorted(REGISTRY.items()) if kind in c.kinds]
-        names = [n for n in sorted(REGISTRY) if n == trained or
-                 _buildable(n, kind, latent_shape, sequential) is None]
-        return names
+            return list(dict.fromkeys([trained, *(n for n in pool if kind in REGISTRY[n].kinds)]))
+        return list(dict.fromkeys([trained, *(n for n in pool if n == trained or
+                                              _buildable(n, kind, latent_shape, sequential) is None)]))
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s) for s in spec]
     if not names:
         raise ConfigError("diagnostics.estimators=[] is empty; accepted: null (the trained "
-                          f"estimator), all, or names among {', '.join(sorted(REGISTRY))}")
+                          f"estimator), basic, all, or names among {', '.join(sorted(REGISTRY))}")
     for n in names:
         if n not in REGISTRY:
             raise ConfigError(f"diagnostics.estimators contains unknown estimator {n!r}; accepted: "
-                              f"all, or names among {', '.join(sorted(REGISTRY))}")
+                              f"basic, all, or names among {', '.join(sorted(REGISTRY))}")
         if kind not in REGISTRY[n].kinds:
             raise ConfigError(f"diagnostics.estimators contains {n!r}, which does not support "
                               f"{kind} latents (it supports {', '.join(REGISTRY[n].kinds)})")
@@ -100,6 +113,35 @@ def resolve_estimators(spec, trained: str, kind: str, sequential: bool,
             raise ConfigError(f"diagnostics.estimators contains {n!r}, which cannot run on this "
                               f"model: {why}")
     return list(dict.fromkeys(names))
+
+
+def _objective(cls) -> str:
+    """What an estimator class estimates the gradient of: "mean" (E_q[f]) or another objective
+    (vimco: "multisample", the S-sample bound)."""
+    return getattr(cls, "objective", "mean")
+
+
+def _reference_capable(name: str, kind: str) -> bool:
+    cls = REGISTRY[name]
+    return cls.unbiased and _objective(cls) == "mean" and kind in cls.kinds
+
+
+def build_comparator(name: str, kind: str, latent_shape, trained_cfg=None,
+                     overrides: dict | None = None) -> Estimator:
+    """Estimator ``name`` as ``estimator=NAME`` would build it, taking the trained estimator's
+    settings where the two share a key (``samples``, ``baseline``, ``tau``, ``tau_init``, ...):
+    a comparator is measured in the configuration the user trains. Where a shared value is
+    invalid for it (e.g. rloo needs samples >= 2), its own defaults are kept."""
+    base = estimator_defaults(name)
+    if overrides:
+        base = OmegaConf.merge(base, overrides)
+    if trained_cfg is not None:
+        shared = {k: trained_cfg[k] for k in trained_cfg if k != "name" and k in base}
+        try:
+            return build_estimator(OmegaConf.merge(base, shared), kind, tuple(latent_shape))
+        except ConfigError:
+            pass
+    return build_estimator(base, kind, tuple(latent_shape))
 
 
 @dataclass(frozen=True)
@@ -127,10 +169,15 @@ def parse_reference(spec: str, model) -> Reference:
     parts = spec.split(":")
     if len(parts) == 3 and parts[0] == "mc":
         name, m = parts[1], parts[2]
-        if name not in REGISTRY or not REGISTRY[name].unbiased or model.kind not in REGISTRY[name].kinds:
-            ok = [n for n, c in sorted(REGISTRY.items()) if c.unbiased and model.kind in c.kinds]
-            raise ConfigError(f"diagnostics.reference={spec}: {name!r} is not an unbiased estimator "
-                              f"for {model.kind} latents; accepted: {', '.join(ok)}")
+        ok = [n for n in sorted(REGISTRY) if _reference_capable(n, model.kind)]
+        if name not in REGISTRY or not _reference_capable(name, model.kind):
+            why = ("it estimates the gradient of another objective (the multi-sample bound), not "
+                   "of E[f]" if name in REGISTRY and _objective(REGISTRY[name]) != "mean"
+                   else f"it is not an unbiased estimator of the gradient of E[f] for {model.kind} "
+                   "latents")
+            raise ConfigError(f"diagnostics.reference={spec}: {name!r} cannot be the reference: "
+                              f"{why}; accepted: exact, auto, or mc:NAME:M with NAME among "
+                              f"{', '.join(ok)}")
         if not m.isdigit() or int(m) < 2:
             raise ConfigError(f"diagnostics.reference={spec}: M={m} must be an integer >= 2")
         return Reference("mc", name, int(m))
@@ -159,25 +206,51 @@ def _sync(device: torch.device) -> None:
 
 
 class Probe:
+    """Measures the estimators of ``names`` at the model's current parameters (see the module
+    doc). ``trained`` is the estimator being trained (measured as it is: ``aux=trained``); every
+    other one is a comparator built by :func:`build_comparator` from ``trained_cfg`` (the trained
+    estimator's config; None: defaults). A comparator with state of its own (``adaptive``: a learned
+    baseline, an EMA, REBAR's eta and temperature, RELAX's net) is *fitted* before it is measured:
+    ``fit_steps`` inner steps of its own objective at each probe, on minibatches drawn by
+    ``fit_batch(generator)`` (default: the diagnostic batch), with Adam at ``fit_lr``, never
+    touching the model; its state and optimizer carry over from probe to probe (and into
+    checkpoints, :meth:`state_dict`), so it follows the model as a trained one would.
+    ``aux=fitted:N`` says it had N inner steps in all; ``aux=none``: nothing to fit."""
+
     def __init__(self, model, trained: Estimator, names: list[str], reference: Reference,
-                 samples: int, x: Tensor, seed: int = 0):
+                 samples: int, x: Tensor, seed: int = 0, trained_cfg=None, fit_steps: int = 0,
+                 fit_lr: float = 1e-3, fit_batch=None):
         if samples < 2:
             raise ConfigError(f"diagnostics.samples={samples} is invalid: it must be an integer >= 2")
         self.model, self.trained, self.reference = model, trained, reference
         self.K, self.x, self.seed = int(samples), x, int(seed)
+        self.fit_steps, self.fit_lr = int(fit_steps), float(fit_lr)
+        self.fit_batch = fit_batch if fit_batch is not None else (lambda generator: self.x)
         self.estimators: dict[str, Estimator] = {}
-        for n in names:
-            self.estimators[n] = trained if n == trained.name else self._default(n)
         self.ref_estimator = None
-        if reference.mode == "mc":
-            samples_ref = REFERENCE_LOO if reference.estimator == "reinforce" else 1
-            self.ref_estimator = REGISTRY[reference.estimator](model.kind, model.latent_shape,
-                                                              samples=samples_ref)
+        # comparators with networks (RELAX, a learned baseline) initialise them from the global
+        # CPU generator: fork it, so that a run trains identically with and without diagnostics
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 7919 + 1)
+            for n in names:
+                self.estimators[n] = trained if n == trained.name else \
+                    build_comparator(n, model.kind, model.latent_shape, trained_cfg)
+            if reference.mode == "mc":
+                # reinforce as a reference: the leave-one-out baseline over REFERENCE_LOO samples
+                extra = {"samples": REFERENCE_LOO} if reference.estimator == "reinforce" else None
+                self.ref_estimator = build_comparator(reference.estimator, model.kind,
+                                                      model.latent_shape, overrides=extra)
         device = x.device
         for e in [*self.estimators.values(), self.ref_estimator]:
             if e is not None and e is not trained:
                 e.to(device)
+        self.fitted = {n: 0 for n, e in self.estimators.items() if e is not trained and e.adaptive}
+        self.optimizers = {n: Adam([p for p in self.estimators[n].parameters() if p.requires_grad],
+                                   lr=self.fit_lr)
+                           for n in self.fitted
+                           if any(p.requires_grad for p in self.estimators[n].parameters())}
         self.gen = torch.Generator(device=device)
+        self.fit_gen = torch.Generator(device=device)
         enc = {id(p) for p in model.encoder_parameters()}
         dec = {id(p) for p in model.decoder_parameters()}
         named = dict(model.named_parameters())
@@ -186,15 +259,72 @@ class Probe:
         self.groups["all"] = list(named)
         self.P = sum(p.numel() for p in named.values())
 
-    def _default(self, name: str) -> Estimator:
-        cls = REGISTRY[name]
-        est = cls(self.model.kind, self.model.latent_shape)
-        if getattr(self.trained, "schedule", None) is not None and hasattr(est, "schedule"):
-            est.schedule = self.trained.schedule           # relaxed estimators share the temperature
-        return est
+    def aux(self, name: str) -> str:
+        if self.estimators[name] is self.trained:
+            return "trained"
+        return f"fitted:{self.fitted[name]}" if name in self.fitted else "none"
+
+    # --- comparators' own state ----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"fitted": dict(self.fitted),
+                "estimators": {n: self.estimators[n].state_dict() for n in self.fitted},
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}}
+
+    def load_state_dict(self, s: dict) -> None:
+        for n in self.fitted:
+            if n in s.get("fitted", {}):
+                self.estimators[n].load_state_dict(s["estimators"][n])
+                self.fitted[n] = int(s["fitted"][n])
+                if n in self.optimizers:
+                    self.optimizers[n].load_state_dict(s["optimizers"][n])
+
+    def fit(self, step: int) -> None:
+        """``fit_steps`` steps of each adaptive comparator's own objective (baseline regression,
+        REBAR/RELAX's variance minimisation, the EMA's update) at the current, frozen model."""
+        if not self.fitted or self.fit_steps <= 0:
+            return
+        model = self.model
+        frozen = [p for p in model.parameters() if p.requires_grad]
+        for p in frozen:                       # the model is never touched (nor differentiated)
+            p.requires_grad_(False)
+        self.fit_gen.manual_seed(self.seed * 7919 + step + (1 << 40))
+        try:
+            with torch.enable_grad():
+                for name in self.fitted:
+                    est, opt = self.estimators[name], self.optimizers.get(name)
+                    est.train()
+                    est.set_step(step)
+                    own = [p for p in est.parameters() if p.requires_grad]
+                    for _ in range(self.fit_steps):
+                        x = self.fit_batch(self.fit_gen)
+                        # the logits require grad (REBAR / RELAX differentiate the estimate with
+                        # respect to them), the model's parameters do not
+                        logits = model.logits(x).detach().requires_grad_(True)
+                        u = uniform(est.noise_shape(tuple(logits.shape)), logits, generator=self.fit_gen)
+                        if opt is not None:
+                            opt.zero_grad()
+                        e = est(logits, model.objective(x, logits), u=u)
+                        if opt is not None:
+                            # the surrogate's part on the estimator's parameters is their own
+                            # objective (e.g. the baseline regression); REBAR/RELAX accumulate
+                            # theirs into .grad during the forward pass
+                            grads = torch.autograd.grad(e.surrogate, own, allow_unused=True)
+                            for p, g in zip(own, grads):
+                                if g is not None:
+                                    p.grad = g if p.grad is None else p.grad + g
+                            opt.step()
+                    self.fitted[name] += self.fit_steps
+                    if opt is not None:
+                        opt.zero_grad()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
 
     # gradients of K estimates, stacked per parameter, accumulated into per-coordinate moments
-    def _moments(self, est: Estimator, U: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    def _moments(self, est: Estimator, U: Tensor, G: int = JACKKNIFE_GROUPS) -> dict[str, tuple]:
+        """Per parameter name: (mean [shape], per-coordinate variance [shape], sums of the
+        estimates per jackknife group [G, shape], sums of their squared norms [G], group sizes
+        [G]), all float64."""
         module = _Surrogate(self.model, est)
         params = {f"model.{n}": p.detach() for n, p in self.model.named_parameters()}
         x = self.x
@@ -204,16 +334,26 @@ class Probe:
 
         gfn = vmap(grad(loss), in_dims=(None, 0))
         K = U.shape[0]
+        G = min(G, K)
+        gid_all = torch.arange(K, device=U.device) * G // K        # group of estimate k
+        sizes = torch.bincount(gid_all, minlength=G).double()
         chunk = max(1, min(K, CHUNK_FLOATS // max(self.P, 1)))
         # per-chunk mean and centred sum of squares (float32, [chunk, P] work), combined across
         # chunks in float64 with Chan et al.'s pairwise update (no cancellation at high SNR)
         mean = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
         m2 = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+        gsum = {n: torch.zeros((G, *p.shape), dtype=torch.float64, device=p.device)
+                for n, p in params.items()}
+        gsq = {n: torch.zeros(G, dtype=torch.float64, device=p.device) for n, p in params.items()}
         count = 0
         for i in range(0, K, chunk):
             g = gfn(params, U[i:i + chunk])
             nb = U[i:i + chunk].shape[0]
+            gid = gid_all[i:i + nb]
             for n, v in g.items():
+                v = v.expand(nb, *params[n].shape)
+                gsum[n].index_add_(0, gid, v.double())
+                gsq[n].index_add_(0, gid, v.reshape(nb, -1).double().square().sum(1))
                 mb = v.mean(0)
                 # out of place: a gradient that does not depend on u (e.g. the exact estimator's)
                 # comes back from vmap as an expanded view, which cannot be written in place
@@ -223,7 +363,7 @@ class Probe:
                 mean[n] += delta * (nb / (count + nb))
                 m2[n] += m2b + delta.square() * (count * nb / (count + nb))
             count += nb
-        return {n[len("model."):]: (mean[n], m2[n] / (K - 1)) for n in mean}
+        return {n[len("model."):]: (mean[n], m2[n] / (K - 1), gsum[n], gsq[n], sizes) for n in mean}
 
     def _noise(self, draws: int, n: int, logits_shape) -> Tensor:
         return uniform((draws, n, *logits_shape), self.x.new_empty(()), generator=self.gen)
@@ -266,51 +406,117 @@ class Probe:
         for e in self.estimators.values():
             e.eval()
             e.set_step(step)
+        self.fit(step)
+        for e in self.estimators.values():
+            e.eval()
         self.gen.manual_seed(self.seed * 7919 + step)
         logits_shape = (self.x.shape[0], *model.latent_shape)
-        ref_var = None
+        g_ref = ref_mom = None
+        M = self.reference.draws
+        G = min(JACKKNIFE_GROUPS, self.K, M if self.reference.mode == "mc" else self.K)
         with torch.enable_grad():
             if self.reference.mode == "exact":
                 g_ref = self.exact_reference()
             else:
                 est = self.ref_estimator
                 est.eval()
-                U = self._noise(self.reference.draws, est.noise_shape(logits_shape)[0], logits_shape)
-                mom = self._moments(est, U)
-                g_ref = {n: m for n, (m, _) in mom.items()}
-                ref_var = {n: v for n, (_, v) in mom.items()}
+                U = self._noise(M, est.noise_shape(logits_shape)[0], logits_shape)
+                ref_mom = self._moments(est, U, G)
             nmax = max(e.noise_shape(logits_shape)[0] for e in self.estimators.values())
             U = self._noise(self.K, nmax, logits_shape)      # common random numbers
             rows = []
             for name, est in self.estimators.items():
                 _sync(device)
                 t0 = time.perf_counter()
-                mom = self._moments(est, U[:, :est.noise_shape(logits_shape)[0]])
+                mom = self._moments(est, U[:, :est.noise_shape(logits_shape)[0]], G)
                 _sync(device)
                 per_estimate = (time.perf_counter() - t0) / self.K
                 for group in GROUPS:
                     members = self.groups[group]
                     if not members:
                         continue
-                    stats = group_stats(mom, g_ref, ref_var, members, self.K, self.reference)
-                    rows.append([step, name, group, self.K, str(self.reference), *stats,
-                                 est.evals, per_estimate])
+                    st = group_stats(mom, members, self.K, g_ref, ref_mom, M)
+                    rows.append([step, name, group, self.K, str(self.reference),
+                                 *(st[c] for c in GRAD_STATS_HEADER[5:11]), est.evals,
+                                 per_estimate, self.aux(name), self.x.shape[0],
+                                 *(st[c] for c in GRAD_STATS_HEADER[15:])])
         model.train(was_training[0])
         for e, t in zip(self.estimators.values(), was_training[1:]):
             e.train(t)
         return rows
 
 
-def group_stats(mom, g_ref, ref_var, members, K, reference) -> list[float]:
-    mean = torch.cat([mom[n][0].flatten() for n in members])
-    var_c = torch.cat([mom[n][1].flatten() for n in members])
-    ref = torch.cat([g_ref[n].flatten() for n in members])
+def _jackknife_se(values: Tensor) -> float:
+    """Standard error of a statistic from its G leave-one-group-out values (Efron & Stein)."""
+    G = values.numel()
+    return math.sqrt((G - 1) / G * (values - values.mean()).square().sum().item())
+
+
+def _flat(mom, members, i: int) -> Tensor:
+    """Field i of the moments of ``members``, flattened and concatenated along the coordinates
+    (the group sums, field 2, keep their leading group axis)."""
+    if i == 2:
+        return torch.cat([mom[n][2].flatten(1) for n in members], 1)
+    return torch.cat([mom[n][i].flatten() for n in members])
+
+
+def _leave_one_out(mom, members, K: int) -> tuple[Tensor, Tensor]:
+    """For each jackknife group j: the mean [G, P] of the estimates outside group j and their
+    per-coordinate variance averaged over coordinates [G], from the group sums S_j and the sums of
+    squared norms Q_j (sum of squared deviations = Q - ||S||^2 / n)."""
+    S = _flat(mom, members, 2)
+    Q = sum(mom[n][3] for n in members)
+    n_out = K - mom[members[0]][4]
+    S_out = S.sum(0, keepdim=True) - S
+    ss_out = (Q.sum() - Q) - S_out.square().sum(1) / n_out
+    return S_out / n_out[:, None], ss_out / (n_out - 1) / S.shape[1]
+
+
+def group_stats(mom, members, K: int, g_ref=None, ref_mom=None, M: int = 0) -> dict[str, float]:
+    """The statistics of one parameter group (module doc), noise-corrected, with jackknife
+    standard errors (delete one of G groups of the K estimates, and of the reference's M draws
+    when it is sampled: the groups are independent units). ``g_ref``: an exact reference
+    gradient (dict of tensors), or ``ref_mom``: the moments of M reference draws. Returns a dict
+    keyed by grad_stats.csv column."""
+    mean, var_c = _flat(mom, members, 0), _flat(mom, members, 1)
     P = mean.numel()
     variance = var_c.mean().item()
-    bias2 = (mean - ref).pow(2).sum().item() / P - variance / K
-    if ref_var is not None:
-        bias2 -= torch.cat([ref_var[n].flatten() for n in members]).mean().item() / reference.draws
-    norm, rnorm = mean.norm().item(), ref.norm().item()
-    cosine = (mean @ ref).item() / (norm * rnorm) if norm > 0 and rnorm > 0 else float("nan")
-    snr = norm / math.sqrt(P * variance) if variance > 0 else float("inf")
-    return [norm, variance, bias2, bias2 + variance, cosine, snr]
+    if ref_mom is None:
+        ref = torch.cat([g_ref[n].flatten() for n in members])
+        ref_noise = 0.0
+    else:                      # E||g* - E g*||^2 / P of the sampled reference is removed too
+        ref = _flat(ref_mom, members, 0)
+        ref_noise = _flat(ref_mom, members, 1).mean().item() / M
+    bias2 = (mean - ref).pow(2).sum().item() / P - variance / K - ref_noise
+    # ||g_bar||^2 overestimates ||E g||^2 by P variance / K: the unbiased estimate, and its clip
+    norm2_raw = mean.square().sum().item()
+    norm2 = norm2_raw - P * variance / K
+    norm_raw, norm = math.sqrt(norm2_raw), math.sqrt(max(norm2, 0.0))
+    ref2 = ref.square().sum().item() - P * ref_noise          # unbiased ||E g*||^2
+    dot = (mean @ ref).item()                                 # unbiased E g . E g* (independent)
+    rnorm_raw = ref.norm().item()
+    cosine_raw = dot / (norm_raw * rnorm_raw) if norm_raw > 0 and rnorm_raw > 0 else math.nan
+    scale = math.sqrt(P * variance)
+    snr = norm / scale if variance > 0 else math.inf
+    snr_raw = norm_raw / scale if variance > 0 else math.inf
+    # jackknife: leave-one-group-out values of bias2 and of the corrected ||E g||^2
+    G = mom[members[0]][4].numel()
+    bias2_se = norm2_se = math.nan
+    if G >= 2 and K - mom[members[0]][4].max().item() >= 2:
+        mean_out, var_out = _leave_one_out(mom, members, K)
+        n_out = K - mom[members[0]][4]
+        ref_out, ref_noise_out = ref[None], 0.0
+        if ref_mom is not None:
+            ref_out, rvar_out = _leave_one_out(ref_mom, members, M)
+            ref_noise_out = rvar_out / (M - ref_mom[members[0]][4])
+        bias2_out = (mean_out - ref_out).square().sum(1) / P - var_out / n_out - ref_noise_out
+        norm2_out = mean_out.square().sum(1) - P * var_out / n_out
+        bias2_se, norm2_se = _jackknife_se(bias2_out), _jackknife_se(norm2_out)
+    # the cosine of E g with E g*: a ratio of unbiased estimates, consistent, but meaningless when
+    # ||E g||^2 cannot be told from zero (below twice its standard error): NaN then
+    measurable = norm2 > 0 and ref2 > 0 and not (norm2 < 2 * norm2_se)
+    cosine = max(-1.0, min(1.0, dot / math.sqrt(norm2 * ref2))) if measurable else math.nan
+    return {"mean_norm": norm, "variance": variance, "bias2": bias2, "mse": bias2 + variance,
+            "cosine": cosine, "snr": snr, "mean_norm2": norm2, "mean_norm2_se": norm2_se,
+            "bias2_se": bias2_se, "mean_norm_raw": norm_raw, "snr_raw": snr_raw,
+            "cosine_raw": cosine_raw}

@@ -203,10 +203,26 @@ class Trainer:
         self._losses: list[tuple[int, torch.Tensor]] = []
         self._signal = None
         self.eval_gen = torch.Generator(device=self.device)
+        self.log_gen = torch.Generator(device=self.device)
         if int(dg.every) > 0:
-            self.probe = diagnostics.Probe(self.model, self.estimator, self._diag_names,
-                                           self._diag_reference, int(dg.samples),
-                                           self.diagnostic_batch(int(dg.batch_size)), seed=int(cfg.seed))
+            # by default the diagnostic batch has the training batch size: the probe measures the
+            # variance of the gradient the run applies (README, "Diagnostics")
+            bs = int(dg.batch_size) if dg.batch_size is not None else int(cfg.train.batch_size)
+            fit_lr = float(dg.fit_lr) if dg.fit_lr is not None else float(cfg.train.lr)
+            self.probe = diagnostics.Probe(
+                self.model, self.estimator, self._diag_names, self._diag_reference,
+                int(dg.samples), self.diagnostic_batch(bs), seed=int(cfg.seed),
+                trained_cfg=cfg.estimator, fit_steps=int(dg.fit_steps), fit_lr=fit_lr,
+                fit_batch=self.fit_batch)
+
+    def fit_batch(self, generator: torch.Generator) -> torch.Tensor:
+        """A training minibatch drawn (and binarized) with ``generator``, not the training
+        stream: what the diagnostics fit a comparator's own parameters on (toy: B draws)."""
+        bs = int(self.cfg.train.batch_size)
+        if self.data is None:
+            return self._no_data
+        index = torch.randint(self.data.n("train"), (bs,), device=self.device, generator=generator)
+        return self.inputs("train", index, generator=generator)
 
     def diagnostic_batch(self, n: int) -> torch.Tensor:
         """The fixed diagnostic minibatch: the first n training images, binarized once with a
@@ -296,6 +312,21 @@ class Trainer:
             raise Diverged(self.step, "gradient")
 
     @torch.no_grad()
+    def hard_loss(self, x: torch.Tensor) -> float:
+        """One quantity for every estimator, logged at log steps as ``train/hard_loss``: the
+        model's evaluation loss with exact discrete samples (one per example) on this step's
+        minibatch (VAE: the negative single-sample ELBO; toy: the exact E[f]). The estimator's own
+        ``loss`` is what it optimises (a relaxed objective for gumbel, the S-sample bound for
+        vimco), which is not comparable across estimators. Its own generator: training follows
+        the same random stream whatever ``log_every`` is."""
+        self.model.eval()
+        self.log_gen.manual_seed(int(self.cfg.seed) * 1000003 + self.step + (1 << 41))
+        res = self.model.evaluate(x if self.data is not None else torch.empty(1, 0, device=self.device),
+                                  1, generator=self.log_gen)
+        self.model.train()
+        return res["loss" if "loss" in res else "exact_loss"].mean().item()
+
+    @torch.no_grad()
     def evaluate(self, split: str, samples_list: list[int]) -> dict[str, float]:
         self.model.eval()
         self.eval_gen.manual_seed(int(self.cfg.seed) * 1000003 + self.step)
@@ -317,6 +348,7 @@ class Trainer:
                 "estimator": self.estimator.state_dict(), "optimizer": self.opt.state_dict(),
                 "batches": self.batches.state_dict(), "rng": rng, "skipped": self.skipped,
                 "log_accumulator": {"sum": self._loss_sum, "n": self._n_sum},
+                "probe": self.probe.state_dict() if self.probe is not None else {},
                 "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)}
 
     def save(self) -> None:
@@ -338,6 +370,8 @@ class Trainer:
         self.skipped = int(s.get("skipped", 0))
         acc = s.get("log_accumulator", {"sum": torch.zeros(()), "n": 0})
         self._loss_sum, self._n_sum = acc["sum"].to(self.device), int(acc["n"])
+        if self.probe is not None:               # the fitted comparators of the diagnostics
+            self.probe.load_state_dict(s.get("probe", {}))
         dropped = CSVLog.truncate_after(self.out / "metrics.csv", self.step)
         dropped += CSVLog.truncate_after(self.out / "grad_stats.csv", self.step)
         log.info("resumed from %s at step %d (%d log rows after it dropped)", path, self.step, dropped)
@@ -413,7 +447,8 @@ class Trainer:
                     diag_s += probe()
                 t_mark = time.perf_counter()
             while self.step < steps:
-                loss, stats = self.train_step(self.next_batch())
+                x = self.next_batch()
+                loss, stats = self.train_step(x)
                 self.step += 1
                 s = self.step
                 if loss is not None:
@@ -432,7 +467,8 @@ class Trainer:
                     # steps_per_s counts training time only: evals, probes, checkpoints excluded
                     rate = (s - step_mark) / max(now - t_mark - paused, 1e-9)
                     t_mark, step_mark, paused = now, s, 0.0
-                    values = {"loss": mean_loss, "evals": self.estimator.evals,
+                    values = {"loss": mean_loss, "hard_loss": self.hard_loss(x),
+                              "evals": self.estimator.evals,
                               "steps_per_s": rate, **self.estimator.scalars(),
                               **{k: v.item() for k, v in stats.items()}}
                     if self.skip_nan:
@@ -561,6 +597,20 @@ def report(summary: dict) -> str:
     return "; ".join(parts)
 
 
+def write_report(folder: Path) -> None:
+    """``python -m analysis FOLDER``: report.md, tables and figures in FOLDER/analysis. A report
+    that fails is logged, never fatal: the run's own files are already complete."""
+    t0 = time.perf_counter()
+    try:
+        from analysis.report import make_report
+        path = make_report(folder)
+    except Exception as e:  # noqa: BLE001 - the run is done; the report is a convenience
+        log.warning("could not write the report of %s (%r); run python -m analysis %s", folder, e,
+                    folder)
+        return
+    log.info("report %s (%.1f s)", path, time.perf_counter() - t0)
+
+
 def hydra_entry(cfg: DictConfig):
     """Entry point called by run.py inside Hydra's job context."""
     from hydra.core.hydra_config import HydraConfig
@@ -585,6 +635,8 @@ def hydra_entry(cfg: DictConfig):
         sys.exit(2)
     summary = trainer.fit()
     log.info("%s; run folder %s", report(summary), out)
+    if bool(cfg.report.run):
+        write_report(out)
     if summary["status"] == "diverged" and not sweep:
         sys.exit(3)
     return summary["final"].get(f"test/{trainer.model.main_metric}")

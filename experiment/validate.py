@@ -77,9 +77,15 @@ def validate(cfg) -> None:
     d = cfg.diagnostics
     _int_at_least("diagnostics.every", d.every, 0)
     _int_at_least("diagnostics.samples", d.samples, 2)
-    _int_at_least("diagnostics.batch_size", d.batch_size, 1)
+    if d.batch_size is not None:
+        _int_at_least("diagnostics.batch_size", d.batch_size, 1)
+    _int_at_least("diagnostics.fit_steps", d.fit_steps, 0)
+    if d.fit_lr is not None and not (isinstance(d.fit_lr, (int, float)) and math.isfinite(d.fit_lr)
+                                     and d.fit_lr > 0):
+        raise ConfigError(f"diagnostics.fit_lr={d.fit_lr} is invalid: it must be a finite number > 0 "
+                          "(or null: train.lr)")
     sizes = SPLIT_SIZES.get(cfg.data.name)
-    if model.name != "toy" and sizes and d.batch_size > sizes["train"]:
+    if model.name != "toy" and sizes and d.batch_size is not None and d.batch_size > sizes["train"]:
         raise ConfigError(f"diagnostics.batch_size={d.batch_size} is larger than the training set "
                           f"of data={cfg.data.name} ({sizes['train']} examples)")
 

@@ -211,9 +211,10 @@ def test_run_writes_grad_stats_for_all_estimators(tmp_path):
 
 
 def test_diagnostics_do_not_change_training(tmp_path):
-    common = ["model=toy", "estimator=reinforce", "train.steps=60", "model.dim=3"]
-    a = run(*common, f"hydra.run.dir={tmp_path}/a", cwd=tmp_path)
-    b = run(*common, "diagnostics.every=20", f"hydra.run.dir={tmp_path}/b", cwd=tmp_path)
+    common = ["model=toy", "estimator=reinforce", "train.steps=60", "model.dim=3", "report.run=false"]
+    a = run(*common, "diagnostics.every=0", f"hydra.run.dir={tmp_path}/a", cwd=tmp_path)
+    b = run(*common, "diagnostics.every=20", "diagnostics.estimators=all", "diagnostics.fit_steps=3",
+            f"hydra.run.dir={tmp_path}/b", cwd=tmp_path)
     assert a.returncode == 0 and b.returncode == 0, b.stderr
     import json
     fa = json.loads((tmp_path / "a" / "summary.json").read_text())["final"]
@@ -228,3 +229,159 @@ def test_bad_diagnostics_input_fails_before_training(tmp_path):
     r = run("model=toy", "diagnostics.every=10", "diagnostics.samples=1", f"hydra.run.dir={tmp_path}/s",
             cwd=tmp_path)
     assert r.returncode == 2 and "diagnostics.samples=1" in r.stderr
+
+
+# --- noise-corrected statistics, standard errors, comparators (issue: diagnostics that do not
+# mislead) ----------------------------------------------------------------------------------------
+def encoder_rows(p: Probe, seeds) -> dict[str, list[dict]]:
+    """estimator -> one dict (column -> value) of its encoder row per probe seed."""
+    out: dict[str, list[dict]] = {}
+    for r in seeds:
+        p.seed = r
+        for row in p.run(0):
+            if row[COLS["param_group"]] == "encoder":
+                out.setdefault(row[COLS["estimator"]], []).append(dict(zip(GRAD_STATS_HEADER, row)))
+    return out
+
+
+def col(rows: list[dict], name: str) -> torch.Tensor:
+    return torch.tensor([r[name] for r in rows], dtype=torch.float64)
+
+
+def test_corrected_norm_and_snr_match_the_closed_form_where_the_raw_ones_do_not():
+    """1-d toy, REINFORCE without baseline, B = 10, K = 10: E g and Var g in closed form. The
+    corrected ||E g||^2 (mean_norm2) is unbiased, the raw ||g_bar||^2 is off by Var / K; the SNR
+    pooled over probes from the corrected values is the true one, the raw one is not."""
+    toy, t, B, K, R = toy_at(0.0), 0.45, 10, 10, 400
+    s = 0.5
+    g = (1 - 2 * t) * s * (1 - s)
+    var = reinforce_variance(s, t, B)
+    est = REGISTRY["reinforce"](toy.kind, toy.latent_shape)
+    rows = encoder_rows(Probe(toy, est, ["reinforce"], Reference("exact"), K, torch.empty(B, 0)),
+                        range(R))["reinforce"]
+    norm2, raw2, v = col(rows, "mean_norm2"), col(rows, "mean_norm_raw") ** 2, col(rows, "variance")
+    ok, m, se = z_ok(norm2, g ** 2)
+    assert ok, (m, g ** 2, se)
+    assert not z_ok(raw2, g ** 2)[0]                      # the raw one: g^2 + var / K
+    assert z_ok(raw2, g ** 2 + var / K)[0]
+    assert var / K > 4 * se                               # power: the offset is 4 SE or more
+    true_snr = abs(g) / math.sqrt(var)
+    pooled = math.sqrt(norm2.mean()) / math.sqrt(v.mean())
+    pooled_raw = math.sqrt(raw2.mean()) / math.sqrt(v.mean())
+    # the pooled corrected SNR is within 3 % of the truth, the raw one is 12 % above it
+    assert abs(pooled / true_snr - 1) < 0.05, (pooled, true_snr)
+    assert pooled_raw / true_snr - 1 > 0.08, (pooled_raw, true_snr)
+    # the clip is visible: a probe whose mean_norm2 < 0 reports mean_norm = snr = 0, cosine NaN
+    neg = [r for r in rows if r["mean_norm2"] < 0]
+    assert neg and all(r["mean_norm"] == 0 and r["snr"] == 0 and math.isnan(r["cosine"]) for r in neg)
+    assert all(r["mean_norm_raw"] > 0 for r in neg)
+
+
+@pytest.mark.parametrize("case", ["exact", "mc"])
+def test_jackknife_standard_errors_match_the_spread_over_repeated_probes(case):
+    """bias2_se and mean_norm2_se (delete-a-group jackknife; with a sampled reference, its groups
+    too) against the standard deviation of bias2 and mean_norm2 over independent probes."""
+    torch.manual_seed(3)
+    vae = VAE(latent="bernoulli", latent_dim=4, hidden=[], x_dim=16)
+    x = (torch.rand(6, 16) < 0.5).float()
+    ref = Reference("exact") if case == "exact" else Reference("mc", "reinforce", 20)
+    est = REGISTRY["st"]("bernoulli", (4,))
+    rows = encoder_rows(Probe(vae, est, ["st"], ref, 40, x), range(100))["st"]
+    for stat in ("bias2", "mean_norm2"):
+        spread = col(rows, stat).std().item()
+        se = col(rows, f"{stat}_se").mean().item()
+        # R = 100 probes: the spread is known to ~7 %; the jackknife is slightly conservative
+        assert 0.75 < se / spread < 1.35, (stat, se, spread)
+
+
+def test_fitted_relax_beats_unfitted_relax_and_differs_from_rebar():
+    """On the toy (t = 0.45, B = 1, the Tucker et al. setting), a RELAX comparator fitted with its
+    own variance objective has a lower variance than an unfitted one (common random numbers);
+    fitted REBAR and RELAX rows differ; unfitted they coincide (RELAX's net starts at zero)."""
+    from experiment.config import estimator_defaults
+    from omegaconf import OmegaConf
+    toy = toy_at(0.0)
+    cfg = OmegaConf.merge(estimator_defaults("reinforce"), {"baseline": "ema"})
+    trained = REGISTRY["reinforce"](toy.kind, toy.latent_shape, baseline="ema")
+    res = {}
+    for fit in (0, 300):
+        p = Probe(toy, trained, ["reinforce", "rebar", "relax"], Reference("exact"), 1000,
+                  torch.empty(1, 0), seed=0, trained_cfg=cfg, fit_steps=fit, fit_lr=0.05)
+        res[fit] = {n: r[0] for n, r in encoder_rows(p, [0]).items()}
+    assert res[0]["relax"]["aux"] == "fitted:0" and res[300]["relax"]["aux"] == "fitted:300"
+    assert res[300]["reinforce"]["aux"] == "trained"
+    assert res[0]["relax"]["variance"] == res[0]["rebar"]["variance"]
+    assert res[300]["relax"]["variance"] != res[300]["rebar"]["variance"]
+    assert res[300]["relax"]["variance"] < 0.5 * res[0]["relax"]["variance"], res
+    # still unbiased after fitting (bias2 within 4 SE of zero)
+    assert abs(res[300]["relax"]["bias2"]) < 4 * res[300]["relax"]["bias2_se"]
+
+
+def test_comparators_take_the_trained_estimators_shared_settings():
+    from experiment.config import estimator_defaults
+    from experiment.diagnostics import build_comparator
+    from omegaconf import OmegaConf
+    gumbel = OmegaConf.merge(estimator_defaults("gumbel"), {"tau": {"init": 2.0, "rate": 0.0}})
+    assert build_comparator("st_gumbel", "bernoulli", (3,), gumbel).tau == 2.0
+    # reinmax needs tau >= 1: a shared tau.min = 0.5 is invalid for it, so it keeps its defaults
+    low = OmegaConf.merge(estimator_defaults("gumbel"), {"tau": {"init": 0.5}})
+    assert build_comparator("reinmax", "bernoulli", (3,), low).tau == 1.0
+    rloo = OmegaConf.merge(estimator_defaults("rloo"), {"samples": 4})
+    assert build_comparator("reinforce", "bernoulli", (3,), rloo).samples == 4
+    reinforce = OmegaConf.merge(estimator_defaults("reinforce"), {"baseline": "ema"})
+    assert build_comparator("rloo", "bernoulli", (3,), reinforce).samples == 2   # its own minimum
+    rebar = OmegaConf.merge(estimator_defaults("rebar"), {"tau_init": 0.3, "eta_init": 0.5})
+    relax = build_comparator("relax", "bernoulli", (3,), rebar)
+    assert float(relax.eta.detach()) == 0.5 and math.isclose(float(relax.log_tau.detach().exp()), 0.3, rel_tol=1e-6)
+    st = OmegaConf.merge(estimator_defaults("reinforce"), {"baseline": "learned"})
+    comp = build_comparator("reinforce", "bernoulli", (3,), st)
+    assert comp.baseline == "learned" and comp.adaptive
+
+
+def test_references_are_built_unbiased_and_other_objectives_are_refused():
+    toy = toy_at(0.5)
+    ref = parse_reference("mc:rloo:20", toy)
+    est = REGISTRY["st"](toy.kind, toy.latent_shape)
+    p = Probe(toy, est, ["st"], ref, 20, torch.empty(4, 0))
+    assert p.ref_estimator.samples == 2                           # rloo needs two samples
+    assert {r[COLS["reference"]] for r in p.run(0)} == {"mc:rloo:20"}
+    for bad, why in [("mc:vimco:10", "another objective"), ("mc:gumbel:10", "not an unbiased")]:
+        with pytest.raises(ConfigError, match=why) as e:
+            parse_reference(bad, toy)
+        assert "diagnostics.reference" in str(e.value) and "reinforce" in str(e.value)
+        assert "vimco," not in str(e.value).split("accepted")[1]
+
+
+def test_default_run_probes_the_training_batch_with_the_basic_estimators_and_resumes(tmp_path):
+    """model=toy defaults: diagnostics on, the trained estimator + st, reinforce, gumbel,
+    st_gumbel, diagnostic batch = train.batch_size; fitted comparators resume bit-identically."""
+    common = ["model=toy", "estimator=st", "train.batch_size=3", "diagnostics.samples=10",
+              "diagnostics.estimators=[st,reinforce,relax]", "diagnostics.fit_steps=5",
+              "diagnostics.every=20", "report.run=false"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(*common, "train.steps=60", f"hydra.run.dir={a}", cwd=tmp_path).returncode == 0
+    assert run(*common, "train.steps=20", f"hydra.run.dir={b}", cwd=tmp_path).returncode == 0
+    r = run(*common, "train.steps=60", f"hydra.run.dir={b}", cwd=tmp_path)
+    assert r.returncode == 0 and "resumed" in r.stderr + r.stdout, r.stderr
+
+    def stats(folder):
+        with open(folder / "grad_stats.csv", newline="") as fh:
+            return [{k: v for k, v in row.items() if k != "seconds_per_estimate"}
+                    for row in csv.DictReader(fh)]
+    sa = stats(a)
+    assert sa == stats(b)
+    assert {r["batch_size"] for r in sa} == {"3"}
+    assert {(r["estimator"], r["aux"]) for r in sa if r["step"] == "60"} == \
+        {("st", "trained"), ("reinforce", "none"), ("relax", "fitted:20")}
+    d = run("model=toy", "train.steps=10", "report.run=false", f"hydra.run.dir={tmp_path / 'd'}",
+            cwd=tmp_path)
+    assert d.returncode == 0, d.stderr
+    with open(tmp_path / "d" / "grad_stats.csv", newline="") as fh:
+        names = {row["estimator"] for row in csv.DictReader(fh)}
+    assert names == {"gumbel", "st", "reinforce", "st_gumbel"}          # trained: gumbel
+
+
+def test_bad_fit_settings_fail_before_training(tmp_path):
+    for arg in ("diagnostics.fit_steps=-1", "diagnostics.fit_lr=0"):
+        r = run("model=toy", arg, f"hydra.run.dir={tmp_path}/{arg.split('=')[0]}", cwd=tmp_path)
+        assert r.returncode == 2 and arg in r.stderr, r.stderr
