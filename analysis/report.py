@@ -55,6 +55,19 @@ def gradient_table(g: pd.DataFrame, group: str = "encoder") -> list[str]:
     return rows + [""]
 
 
+def figure_rows(g: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The grad_stats rows a gradient figure shows: with one trained-estimator label, every probed
+    estimator of those runs (same model states); with several, each estimator probed in its own
+    runs only (``aux=trained``), since a comparator's numbers belong to another run's states."""
+    if g["label"].nunique() <= 1:
+        return g, "every probed estimator on the same runs"
+    if "aux" in g:
+        own = g[g["aux"] == "trained"]
+    else:
+        own = g[g["estimator"] == g["label"].str.split(" ").str[0]]
+    return own, "each estimator on its own runs"
+
+
 def make_report(path: str | Path, out: str | Path | None = None) -> Path:
     path = Path(path)
     out = Path(out) if out is not None else path / "analysis"
@@ -72,9 +85,10 @@ def make_report(path: str | Path, out: str | Path | None = None) -> Path:
         figures += [(f"{model}: training curves against wall-clock time", p)
                     for p in plots.training_curves(m, out, model, "wall_time") if p.suffix == ".png"]
         if not g.empty:
-            figures += [(f"{model}: gradient variance, bias² and cosine during training", p)
+            g, which = figure_rows(g)
+            figures += [(f"{model}: gradient variance, bias², SNR and cosine during training ({which})", p)
                         for p in plots.gradient_curves(g, out, model) if p.suffix == ".png"]
-            figures += [(f"{model}: bias and variance at the last probe; variance at equal cost", p)
+            figures += [(f"{model}: bias and variance at the last probe; variance at equal cost ({which})", p)
                         for p in plots.bias_variance_scatter(g, out, model) if p.suffix == ".png"]
         metric = main_metric(r)
         if metric:
@@ -84,9 +98,13 @@ def make_report(path: str | Path, out: str | Path | None = None) -> Path:
     if not col.grad_stats.empty:
         for model in sorted(col.runs["model.name"].dropna().unique()):
             ids = set(col.runs.loc[col.runs["model.name"] == model, "run"])
-            rows = gradient_table(col.grad_stats[col.grad_stats.run.isin(ids)])
-            if rows:
-                grad_lines += [f"### {model}", "", *rows]
+            g = col.grad_stats[col.grad_stats.run.isin(ids)]
+            # one table per trained-estimator label: probes of different runs measure different
+            # model states, so only runs of one label (seeds) are averaged together
+            for label in sorted(g["label"].dropna().unique()):
+                rows = gradient_table(g[g.label == label])
+                if rows:
+                    grad_lines += [f"### {model}, runs trained with {label}", "", *rows]
     table, _ = write_tables(col.runs, out)
     status = col.runs["status"].value_counts().to_dict()
     lines = [f"# discograd report: `{path}`", "",

@@ -222,7 +222,7 @@ class DiagnosticsConfig:
 
 @dataclass
 class ReportConfig:
-    run: bool = True           # a finished run writes RUN/analysis/report.md and its figures
+    run: bool = True           # a finished single run writes RUN/analysis/report.md and figures
     sweep: bool = True         # a finished sweep writes SWEEP/analysis/report.md (hydra callback)
 
 

@@ -635,7 +635,7 @@ def hydra_entry(cfg: DictConfig):
         sys.exit(2)
     summary = trainer.fit()
     log.info("%s; run folder %s", report(summary), out)
-    if bool(cfg.report.run):
+    if bool(cfg.report.run) and not sweep:     # a sweep's jobs: one report for the sweep (callback)
         write_report(out)
     if summary["status"] == "diverged" and not sweep:
         sys.exit(3)

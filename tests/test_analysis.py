@@ -45,12 +45,12 @@ def test_tidy_tables_cover_every_run(sweep):
     metrics = pd.read_csv(out / "metrics.csv")
     assert set(metrics.run) == set(runs.run)
     grads = pd.read_csv(out / "grad_stats.csv")
-    assert {"st", "reinforce"} == set(grads.estimator)
+    assert {"st", "reinforce", "gumbel", "st_gumbel"} == set(grads.estimator)   # trained + basic
     assert {"label", "step", "variance", "bias2"} <= set(grads.columns)
 
 
 def test_every_plot_exists_and_is_not_empty(sweep):
-    _, out = sweep
+    path, out = sweep
     stems = ["curves_step_toy", "curves_wall_time_toy", "gradients_toy", "bias_variance_toy"]
     for stem in stems:
         for ext in ("png", "pdf"):
@@ -60,6 +60,30 @@ def test_every_plot_exists_and_is_not_empty(sweep):
     for stem in stems:
         assert f"({stem}.png)" in report
     assert "did not complete" in report and "killed" in report and "missing" in report
+    # the gradient table of the last probe, and the loss panel's labels say what each loss is
+    assert "Gradient diagnostics at the last probe" in report
+    assert "### toy, runs trained with st" in report and "| st | trained |" in report
+    assert "| reinforce | none |" in report          # a comparator in the st runs
+    # the sweep's own report, written by the Hydra callback when the last job ended
+    assert (path / "analysis" / "report.md").exists()
+
+
+def test_loss_panel_labels_say_which_quantity_each_loss_is():
+    from analysis.plots import loss_quantity
+    assert loss_quantity("gumbel") == "f at relaxed samples"
+    assert loss_quantity("vimco samples=5") == "the S-sample bound"
+    assert loss_quantity("st_gumbel") == loss_quantity("rebar") == "f at exact samples"
+
+
+def test_bias2_below_the_noise_floor_is_an_upper_limit():
+    from analysis.plots import bias2_summary
+    g = pd.DataFrame({"estimator": ["a", "a", "b", "b"], "bias2": [1.0, 1.2, -0.1, 0.05],
+                      "bias2_se": [0.1, 0.1, 0.1, 0.1]})
+    agg = bias2_summary(g, ["estimator"]).set_index("estimator")
+    assert agg.loc["a", "b2"] == pytest.approx(1.1)
+    assert agg.loc["a", "b2_se"] == pytest.approx((0.02 ** 0.5) / 2)       # SE of a mean of two
+    assert not agg.loc["a", "floor"] and agg.loc["b", "floor"]
+    assert agg.loc["b", "upper"] == pytest.approx(2 * agg.loc["b", "b2_se"])   # mean < 0: 0 + 2 SE
 
 
 def test_table_equals_a_pandas_computation(sweep):

@@ -51,9 +51,24 @@ def check_run_folder(folder: Path):
 @pytest.mark.parametrize("estimator", ["st", "reinforce", "gumbel", "st_gumbel"])
 def test_toy_run_writes_the_contract_files_and_learns(tmp_path, estimator):
     out = tmp_path / "run"
+    report = estimator == "gumbel"       # one of the four also writes its report (seconds)
     run(f"estimator={estimator}", "model=toy", "model.dim=4", "model.t=0.2", "train.steps=600", "train.lr=0.1",
-        "train.batch_size=8", f"hydra.run.dir={out}", cwd=tmp_path)
+        "train.batch_size=8", f"report.run={str(report).lower()}", f"hydra.run.dir={out}", cwd=tmp_path)
     rows, s = check_run_folder(out)
+    # the common curve: the toy's hard_loss is its exact E[f], logged at log steps
+    assert [st for st, _ in metric(rows, "train", "hard_loss")] == list(range(100, 601, 100))
+    # diagnostics on by default: the trained estimator and the basic ones, probed every 100 steps
+    with open(out / "grad_stats.csv", newline="") as fh:
+        g = list(csv.DictReader(fh))
+    assert {r["estimator"] for r in g} == {"st", "reinforce", "gumbel", "st_gumbel"}
+    assert {r["batch_size"] for r in g} == {"8"}
+    assert {r["aux"] for r in g if r["estimator"] == estimator} == {"trained"}
+    assert (out / "analysis" / "report.md").exists() == report
+    if report:
+        text = (out / "analysis" / "report.md").read_text()
+        assert "Gradient diagnostics at the last probe" in text and "gumbel: f at relaxed" not in text
+        for stem in ("curves_step_toy", "gradients_toy", "bias_variance_toy"):
+            assert (out / "analysis" / f"{stem}.png").stat().st_size > 5000
     exact = metric(rows, "test", "exact_loss")
     assert exact[0][0] == 0 and exact[-1][0] == 600
     # every estimator lowers the exact expected loss (0.34 at the start; ST's fixed point s = t
@@ -87,6 +102,10 @@ def test_multirun_sweep_in_a_subprocess(tmp_path):
         _, s = check_run_folder(job)
         seen.add((s["estimator"]["name"], s["seed"]))
     assert seen == {(e, k) for e in ("st", "reinforce", "gumbel") for k in (0, 1)}
+    # one report for the sweep, written by the Hydra callback when the last job ended; none per job
+    report = (sweep / "analysis" / "report.md").read_text()
+    assert "6 runs: 6 completed" in report
+    assert not any((job / "analysis").exists() for job in jobs)
     # the analysis reader finds the same six runs and joins their config to their metrics
     from analysis import find_runs, read_run
     assert find_runs(sweep) == jobs
@@ -122,3 +141,12 @@ def test_vae_on_real_mnist_trains(tmp_path):
     assert end > start[1] + 25, (start, end)   # from about -211 nats (data-mean decoder) to about -173
     assert s["final"]["test/bound_20"] >= end - 1.0   # the 20-sample bound is tighter (up to noise)
     assert {"train", "valid", "test"} <= {r["split"] for r in rows}
+    # README command 1's promise: gradient diagnostics (the trained estimator and the basic ones,
+    # on the training batch) and a report with figures in the run folder
+    with open(out / "grad_stats.csv", newline="") as fh:
+        g = list(csv.DictReader(fh))
+    assert {r["estimator"] for r in g} == {"gumbel", "st", "reinforce", "st_gumbel"}
+    assert {r["batch_size"] for r in g} == {"50"} and {r["step"] for r in g} == {"0"}
+    assert "Gradient diagnostics" in (out / "analysis" / "report.md").read_text()
+    for stem in ("curves_step_vae", "gradients_vae", "bias_variance_vae"):
+        assert (out / "analysis" / f"{stem}.png").exists()
