@@ -1,26 +1,32 @@
-"""Gradient bias and variance diagnostics (DESIGN.md, "Diagnostics", a contract).
+"""Gradient bias and variance diagnostics (README, "Gradient diagnostics"; the definitions are a
+contract).
 
-At a probe step, with the parameters frozen and a fixed diagnostic minibatch, each estimator in
-``diagnostics.estimators`` draws K = ``diagnostics.samples`` independent gradient estimates
-g_1..g_K of the training objective (the estimator's gradient of E[f] plus the model's direct terms,
-e.g. the analytic KL, i.e. exactly the gradient the training step would apply). For each parameter
-group (``encoder``: upstream of the logits, ``decoder``: inside f, ``all``) with P coordinates and
-a reference gradient g*:
+At a probe step, with the parameters frozen and a fixed diagnostic minibatch (by default of the
+training batch size), each estimator in ``diagnostics.estimators`` draws K = ``diagnostics.samples``
+independent gradient estimates g_1..g_K of the training objective (the estimator's gradient of E[f]
+plus the model's direct terms, e.g. the analytic KL, i.e. exactly the gradient the training step
+would apply). For each parameter group (``encoder``: upstream of the logits, ``decoder``: inside f,
+``all``) with P coordinates and a reference gradient g*:
 
-    mean_norm = ||g_bar||,  g_bar = 1/K sum_k g_k
+    g_bar     = 1/K sum_k g_k
     variance  = 1/P sum_p  1/(K-1) sum_k (g_kp - g_bar_p)^2
     bias2     = ||g_bar - g*||^2 / P - variance / K  [- variance_ref / M for a sampled reference]
-    mse       = bias2 + variance,  cosine = cos(g_bar, g*),  snr = ||g_bar|| / sqrt(P variance)
+    mean_norm2 = ||g_bar||^2 - P variance / K        (unbiased for ||E g||^2; may be negative)
+    mean_norm = sqrt(max(mean_norm2, 0)),  snr = mean_norm / sqrt(P variance)
+    cosine    = g_bar . g* / sqrt(mean_norm2 ||E g*||^2_hat), NaN below the noise floor
+    mse       = bias2 + variance
 
 E||g_bar - g*||^2 / P = bias^2 + variance / K (+ variance_ref / M), so bias2 is an unbiased
-estimate of the squared bias per coordinate; it can be slightly negative for unbiased estimators.
+estimate of the squared bias per coordinate; E||g_bar||^2 = ||E g||^2 + P variance / K, which is
+why the raw ||g_bar|| (``mean_norm_raw``) gives a noisy estimator an SNR floor of about 1/sqrt(K).
+Standard errors (``bias2_se``, ``mean_norm2_se``) come from a delete-one-group jackknife (Efron &
+Stein 1981) over G = 10 groups of the K estimates, paired with G groups of the reference's M draws
+when it is sampled: the groups are independent, so the errors hold whatever the correlation
+between coordinates.
 
-The K estimates are computed in batched form: ``torch.func.vmap`` over ``torch.func.grad`` of the
-surrogate, the noise drawn outside and passed in (chunked to bound memory), not K backward passes.
-Estimators that consume the same uniforms share them (common random numbers): estimate k of every
-estimator uses U[k, :S], so differences between estimators are not sampling noise. The probe's
-noise comes from its own generator, so training follows the same random stream with or without
-diagnostics.
+Comparators (every probed estimator but the trained one) are built with the trained estimator's
+shared settings and, when they have state of their own, fitted before they are measured
+(:class:`Probe`); the ``aux`` column says which state was measured.
 
 Reference (``diagnostics.reference``):
 - ``exact``: the model's closed form (toy) or enumeration of all latent configurations, when there
