@@ -1,4 +1,4 @@
-"""Read run folders (DESIGN.md, "Files of one run") into tidy pandas DataFrames.
+"""Read run folders (docs/design.md, "Files of one run") into tidy pandas DataFrames.
 
 ``collect(path)`` finds every run folder under ``path`` (single runs, multirun sweeps, nested) and
 returns three long tables joined on ``run``:

@@ -159,7 +159,8 @@ def run_section(name: str, device: str, quick: bool, repeats: int) -> list[dict]
     if name == "sweep":
         steps = 2000 if quick else 20000
         return processes.sweep(["+experiment=quick_toy", "estimator=st,reinforce,gumbel", "seed=0,1,2",
-                                f"train.steps={steps}", "diagnostics.every=0", f"device={device}"])
+                                f"train.steps={steps}", "diagnostics.every=0", "report.sweep=false",
+                                f"device={device}"])
     todo = cases(name, device, quick, repeats)
     rows = []
     for i, case in enumerate(todo):

@@ -27,8 +27,10 @@ def startup(device: torch.device, repeats: int = 3) -> list[dict]:
     cache warm), against ``python -c 'import torch'`` measured in the same run."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        # start-up only: no probe at step 0, no report at the end (both on by default)
         runs = [_wall([sys.executable, "run.py", "model=toy", "train.steps=1", f"device={device.type}",
-                       f"hydra.run.dir={tmp}/run{i}"]) for i in range(repeats + 1)][1:]
+                       "diagnostics.every=0", "report.run=false", f"hydra.run.dir={tmp}/run{i}"])
+                for i in range(repeats + 1)][1:]
     torch_only = [_wall([sys.executable, "-c", "import torch"]) for _ in range(repeats + 1)][1:]
     rows.append({"what": "python run.py model=toy train.steps=1", "seconds": median(runs),
                  "import_torch_s": median(torch_only), "ratio": median(runs) / median(torch_only)})

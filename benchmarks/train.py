@@ -32,6 +32,7 @@ def harness_rates(model: str, est: str, device: torch.device, intervals: int,
     overrides = [*MODELS[model][0], f"estimator={est}", f"device={device.type}",
                  "train.eval_every=1000000000", "train.checkpoint_every=1000000000",
                  "eval.samples=1", "eval.final_samples=0", "train.progress=log",
+                 "diagnostics.every=0",
                  f"train.compile={str(compile_).lower()}"]
     cfg = compose(overrides)
     log_every = int(cfg.train.log_every)

@@ -1,6 +1,6 @@
 """The interface every gradient estimator implements, and the registry that names them.
 
-DESIGN.md, "One training step": an estimator receives the distribution parameters ``logits`` and
+docs/design.md, "One training step": an estimator receives the distribution parameters ``logits`` and
 the objective ``f`` and returns an :class:`Estimate` whose ``surrogate`` is a scalar whose gradient,
 with respect to everything upstream of ``logits`` and every parameter inside ``f``, is the
 estimator's gradient of ``mean_b E_{z ~ q(z | logits_b)}[f_b(z)]``. The estimator never sees the

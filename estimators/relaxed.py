@@ -10,7 +10,7 @@
   uses the hard sample H(y) (argmax one-hot, or 1[y > 1/2]), which is an exact sample of q because
   argmax(logits + g) is (Gumbel-max); the backward pass uses the gradient of the relaxed y.
 
-Temperature schedule (DESIGN.md contract, Jang et al. 2016 section 4.1):
+Temperature schedule (docs/design.md contract, Jang et al. 2016 section 4.1):
 tau(step) = max(tau_min, tau_init * exp(-rate * step')), step' = step rounded down to a multiple of
 ``every`` (tau is recomputed every ``every`` steps).
 """

@@ -1,4 +1,4 @@
-"""The run folder's files (DESIGN.md, "Files of one run", a contract).
+"""The run folder's files (docs/design.md, "Files of one run", a contract).
 
 - ``metrics.csv``: long format ``step,epoch,wall_time,split,metric,value``, flushed as written.
 - ``summary.json``: final metrics, status, timings, declared properties, versions.

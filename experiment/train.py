@@ -1,6 +1,6 @@
 """The training harness: build everything from the config, train, evaluate, log.
 
-The loop does not know which estimator or model it runs (DESIGN.md, "One training step"): it asks
+The loop does not know which estimator or model it runs (docs/design.md, "One training step"): it asks
 the model for logits and the objective f, the estimator for an Estimate, adds the model's direct
 terms (analytic KL) and steps the optimizer. The only host synchronisations happen at log, eval
 and checkpoint steps.

@@ -1,4 +1,4 @@
-"""The interface every testbed model implements (DESIGN.md, "One training step").
+"""The interface every testbed model implements (docs/design.md, "One training step").
 
 A model turns a minibatch ``x`` into distribution parameters (``logits``) over its latents and
 provides the objective ``f(z)`` that the estimator differentiates. It never sees the estimator.

@@ -1,4 +1,4 @@
-"""Statistical tests of the gradient estimators (DESIGN.md, "Estimators: guidance").
+"""Statistical tests of the gradient estimators (docs/design.md, "Estimators: guidance").
 
 Method
 ------
