@@ -1,4 +1,4 @@
-"""``python -m benchmarks [train] [probe] [eval] [startup] [sweep] [memory] [replicas] [--device D] [--quick]``
+"""``python -m benchmarks [train] [probe] [eval] [startup] [sweep] [memory] [replicas] [defaults] [--device D] [--quick]``
 
 Runs the benchmarks (all of them without names), prints each table and writes it to
 ``benchmarks/results/<machine>.md`` (``cpu-<threads>threads`` or ``cuda-<gpu>``), replacing only
@@ -18,6 +18,9 @@ peak memory (resident set size on CPU, the CUDA allocator's peak on a GPU) is it
 - memory: peak memory of the harness and of the plain loop, each alone in its process.
 - replicas: N copies of the default VAE trained in one process with torch.func over stacked
   parameters, against N = 1 (does ``train.replicas=N`` pay on this device?).
+- defaults: README command 1's run (``python run.py``: gradient diagnostics and the report on, as
+  by default) against the same run with ``diagnostics.every=0 report.run=false``: what the
+  default diagnostics and report cost.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import torch
 
 from .common import ROOT, describe, device_of, machine
 
-SECTIONS = ("train", "probe", "eval", "startup", "sweep", "memory", "replicas")
+SECTIONS = ("train", "probe", "eval", "startup", "sweep", "memory", "replicas", "defaults")
 MARK = "BENCH-RESULT "
 
 NOTES = {
@@ -46,6 +49,9 @@ NOTES = {
              "K backward passes accumulating the same moments; speedup = loop / batched.",
     "eval": "seconds of the test bound over the test images; speedup = plain / harness.",
     "startup": "median wall seconds of a new process, 3 repeats after one warm-up.",
+    "defaults": "wall seconds of whole runs, one each, the default run first; diagnostics_s: the "
+                "probes' time (summary.json), report_s: the report's (run.log); overhead: "
+                "default / without - 1. --quick: 10,000 steps instead of 50,000.",
     "sweep": "wall seconds of the whole multirun; speedup = basic / joblib.",
     "replicas": "replica-steps/s (N x steps/s) of N vectorised copies of the plain Gumbel VAE, median of "
                 "blocks of 100 steps; ratio_to_1: against N = 1 with the same code; ratio_to_plain_loop: "
@@ -156,6 +162,8 @@ def run_section(name: str, device: str, quick: bool, repeats: int) -> list[dict]
     from . import processes
     if name == "startup":
         return processes.startup(device_of(device))
+    if name == "defaults":
+        return processes.defaults(device_of(device), quick)
     if name == "sweep":
         steps = 2000 if quick else 20000
         return processes.sweep(["+experiment=quick_toy", "estimator=st,reinforce,gumbel", "seed=0,1,2",

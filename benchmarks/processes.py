@@ -1,8 +1,10 @@
-"""Benchmarks of whole ``run.py`` processes: start-up of a one-step run, and a sweep with the basic
-launcher against the joblib launcher."""
+"""Benchmarks of whole ``run.py`` processes: start-up of a one-step run, a sweep with the basic
+launcher against the joblib launcher, and the cost of the default diagnostics and report."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,3 +50,25 @@ def sweep(overrides: list[str], jobs: int = 2) -> list[dict]:
                                     f"hydra.sweep.dir={tmp}/{launcher}"], env=env)
     return [{"what": "python run.py -m " + " ".join(overrides), "basic_s": rows["basic"],
              "joblib_s": rows["joblib"], "speedup": rows["basic"] / rows["joblib"]}]
+
+
+def defaults(device: torch.device, quick: bool = False) -> list[dict]:
+    """README command 1's run with its default gradient diagnostics and report, against the same
+    run without them: what being on by default costs."""
+    steps = ["train.steps=10000"] if quick else []
+    walls, info = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (("default", []), ("without", ["diagnostics.every=0", "report.run=false"])):
+            folder = f"{tmp}/{name}"
+            walls[name] = _wall([sys.executable, "run.py", *steps, *extra, f"device={device.type}",
+                                 f"hydra.run.dir={folder}"])
+            s = json.loads(open(f"{folder}/summary.json").read())
+            log = open(f"{folder}/run.log").read()
+            m = re.search(r"report \S+ \(([0-9.]+) s\)", log)
+            info[name] = {"diagnostics_s": s["timings"]["diagnostics_s_this_session"],
+                          "report_s": float(m.group(1)) if m else 0.0}
+    d = info["default"]
+    return [{"what": "python run.py " + " ".join(steps), "default_s": walls["default"],
+             "without_s": walls["without"], "diagnostics_s": d["diagnostics_s"],
+             "report_s": d["report_s"], "diagnostics_share": d["diagnostics_s"] / walls["default"],
+             "overhead": walls["default"] / walls["without"] - 1}]

@@ -1,4 +1,4 @@
-"""Gapped straight-through, GST-1.0 (Fan, Cheng, Huang, Zhang & Xia 2022, "Training Discrete Deep
+"""Gapped straight-through, GST-1.0 (Fan, Chi, Rudnicky & Ramadge 2022, "Training Discrete Deep
 Generative Models via Gapped Straight-Through Estimator", ICML, arXiv:2206.07235, section 4).
 
 A cheap replacement for Gumbel-Rao (which averages the ST-Gumbel gradient over random Gumbel
