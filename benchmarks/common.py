@@ -75,8 +75,5 @@ def describe(device: torch.device) -> str:
 
 def compose(overrides: list[str]):
     """The run config that ``python run.py OVERRIDES`` would use (Hydra's compose API)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from experiment.config import register_configs
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return hydra_compose("config", overrides)
+    from experiment.config import compose_config
+    return compose_config(overrides)

@@ -293,6 +293,15 @@ def estimator_defaults(name: str):
     return OmegaConf.merge(OmegaConf.structured(SCHEMAS[schema]), raw)
 
 
+def compose_config(overrides=()):
+    """The config that ``python run.py OVERRIDES`` would use (Hydra's compose API, no run folder):
+    for tests, benchmarks and scripts."""
+    from hydra import compose, initialize_config_dir
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def plain(value):
     """Enum members as their names; everything else unchanged."""
     return value.value if isinstance(value, Enum) else value

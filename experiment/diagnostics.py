@@ -99,10 +99,13 @@ def resolve_estimators(spec, trained: str, kind: str, sequential: bool,
         return [trained]
     if spec in ("all", "basic"):
         pool = sorted(REGISTRY) if spec == "all" else BASIC
+        # a trained estimator of another objective (vimco) is not probed: the others are, at
+        # the states it trains through
+        first = [trained] if _objective(REGISTRY[trained]) == "mean" else []
         if latent_shape is None:
-            return list(dict.fromkeys([trained, *(n for n in pool if kind in REGISTRY[n].kinds)]))
-        return list(dict.fromkeys([trained, *(n for n in pool if n == trained or
-                                              _buildable(n, kind, latent_shape, sequential) is None)]))
+            return list(dict.fromkeys([*first, *(n for n in pool if kind in REGISTRY[n].kinds)]))
+        return list(dict.fromkeys([*first, *(n for n in pool if (n == trained and first) or
+                                             _buildable(n, kind, latent_shape, sequential) is None)]))
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s) for s in spec]
     if not names:
         raise ConfigError("diagnostics.estimators=[] is empty; accepted: null (the trained "

@@ -160,8 +160,10 @@ def _validate_multisample_and_learned_cv(cfg) -> None:
                 "log 1/S sum_s exp(-f(z_s)), which needs f = -log w: set model.objective=iwae "
                 "(model.objective=elbo gives f = -log p(x|z) plus an analytic KL)")
     d = cfg.diagnostics
-    if multisample and d.every > 0:
+    if multisample and d.every > 0 and (d.estimators is None or d.estimators == "trained"):
         raise ConfigError(
-            f"diagnostics.every={d.every} is not supported with estimator '{est.name}': the "
-            "diagnostics reference is the gradient of E_q[f], not of the S-sample bound it trains; "
-            "set diagnostics.every=0")
+            f"diagnostics.estimators={d.estimators if d.estimators is not None else 'null'} probes "
+            "only the trained estimator, but "
+            f"'{est.name}' estimates the gradient of the S-sample bound, not of E_q[f] (what the "
+            "diagnostics measure against their reference); use diagnostics.estimators=basic (the "
+            "estimators of E_q[f] at the states it trains through) or diagnostics.every=0")

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from estimators import REGISTRY, ConfigError, Estimate, Estimator
 from estimators.base import step_log_prob, uniform
 from experiment.canvas import CanvasData, load_canvas, make_canvas
-from experiment.config import register_configs
 from experiment.data import MNISTData
 from experiment.validate import validate
 from models import Attention
@@ -337,10 +335,6 @@ def test_cluttered_training_canvases_get_fresh_fragments_of_other_digits():
     assert ((k[:, 5] == own[5]).sum(-1) == 16 * 12).all()
 
 # --- configs, refusals, a real run ---------------------------------------------------------------
-def cfg_of(*overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize("overrides, words", [
@@ -351,7 +345,7 @@ def cfg_of(*overrides):
     (["model.latent=bernoulli"], ["model.latent=bernoulli", "categorical"]),
     (["model=vae", "data=translated_mnist"], ["vae", "translated_mnist", "60x60"]),
 ])
-def test_out_of_range_values_are_refused(overrides, words):
+def test_out_of_range_values_are_refused(overrides, words, cfg_of):
     over = overrides if overrides[0].startswith("model=") else ["model=attention", *overrides]
     with pytest.raises(ConfigError) as e:
         validate(cfg_of("estimator=st", *over))
@@ -359,7 +353,7 @@ def test_out_of_range_values_are_refused(overrides, words):
         assert w in str(e.value), (w, str(e.value))
 
 
-def test_attention_configs_compose_and_validate():
+def test_attention_configs_compose_and_validate(cfg_of):
     for data in ("mnist_grey", "translated_mnist", "cluttered_mnist"):
         extra = [] if data == "mnist_grey" else ["model.grid=10", "model.patch=12", "model.context=12"]
         cfg = cfg_of("model=attention", f"data={data}", *extra)

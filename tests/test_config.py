@@ -6,25 +6,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError, ConfigKeyError
 
 import estimators
 from estimators import ConfigError
-from experiment.config import register_configs
 from experiment.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cfg_of(*overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
-def test_defaults_compose_to_gumbel_vae_mnist():
+def test_defaults_compose_to_gumbel_vae_mnist(cfg_of):
     cfg = cfg_of()
     assert (cfg.estimator.name, cfg.model.name, cfg.data.name) == ("gumbel", "vae", "mnist")
     assert cfg.estimator.tau.init > 0 and cfg.train.steps > 0
@@ -33,39 +27,39 @@ def test_defaults_compose_to_gumbel_vae_mnist():
 
 @pytest.mark.parametrize("name", ["st", "reinforce", "gumbel", "st_gumbel"])
 @pytest.mark.parametrize("model", ["toy", "vae"])
-def test_every_estimator_composes_with_every_model(name, model):
+def test_every_estimator_composes_with_every_model(name, model, cfg_of):
     cfg = cfg_of(f"estimator={name}", f"model={model}", "model.latent=categorical")
     assert cfg.estimator.name == name
     validate(cfg)
 
 
-def test_model_group_sets_its_training_defaults_and_overrides_win():
+def test_model_group_sets_its_training_defaults_and_overrides_win(cfg_of):
     toy = cfg_of("model=toy")
     vae = cfg_of("model=vae")
     assert toy.train.batch_size != vae.train.batch_size
     assert cfg_of("model=toy", "train.batch_size=7").train.batch_size == 7
 
 
-def test_unknown_key_fails_at_composition():
+def test_unknown_key_fails_at_composition(cfg_of):
     with pytest.raises(ConfigCompositionException) as e:
         cfg_of("estimator=st", "estimator.baseline=ema")
     assert "baseline" in str(e.value.__cause__ or e.value)
 
 
-def test_wrong_type_fails_at_composition():
+def test_wrong_type_fails_at_composition(cfg_of):
     with pytest.raises(ConfigCompositionException) as e:
         cfg_of("train.steps=many")
     assert "many" in str(e.value.__cause__ or e.value)
 
 
-def test_bad_enum_value_lists_accepted_options():
+def test_bad_enum_value_lists_accepted_options(cfg_of):
     with pytest.raises(ConfigCompositionException) as e:
         cfg_of("estimator=reinforce", "estimator.baseline=moving")
     msg = str(e.value.__cause__ or e.value)
     assert "moving" in msg and "ema" in msg and "learned" in msg
 
 
-def test_unknown_group_option_fails():
+def test_unknown_group_option_fails(cfg_of):
     with pytest.raises(Exception) as e:
         cfg_of("estimator=gumbal")
     assert "gumbal" in str(e.value)
@@ -82,7 +76,7 @@ def test_unknown_group_option_fails():
     (["eval.samples=0"], "eval.samples"),
     (["model=toy", "model.dim=0"], "model.dim"),
 ])
-def test_validate_names_key_and_value(overrides, key):
+def test_validate_names_key_and_value(overrides, key, cfg_of):
     cfg = cfg_of(*overrides)
     with pytest.raises(ConfigError) as e:
         validate(cfg)
@@ -91,7 +85,7 @@ def test_validate_names_key_and_value(overrides, key):
     assert value in str(e.value)
 
 
-def test_estimator_that_does_not_support_the_latent_kind_is_refused(monkeypatch):
+def test_estimator_that_does_not_support_the_latent_kind_is_refused(monkeypatch, cfg_of):
     class BernoulliOnly(estimators.Estimator):
         name = "bernoulli_only"
         kinds = ("bernoulli",)
@@ -127,3 +121,55 @@ def test_cli_batch_larger_than_data_fails_before_loading(tmp_path):
     r = run_cli("model=vae", "train.batch_size=60000", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert r.returncode == 2
     assert "train.batch_size=60000" in r.stderr and "50000" in r.stderr
+
+
+# --- the config groups against the code ------------------------------------------------------------
+def test_every_estimator_yaml_matches_the_registry():
+    """configs/estimator/NAME.yaml exists exactly for the registered estimators, names itself, and
+    composes to a config its class builds from (defaults written in one place)."""
+    from estimators import REGISTRY, build_estimator
+    from experiment.config import CONFIG_DIR, estimator_defaults
+    yamls = {p.stem for p in (CONFIG_DIR / "estimator").glob("*.yaml")}
+    assert yamls == set(REGISTRY)
+    for name, cls in REGISTRY.items():
+        cfg = estimator_defaults(name)
+        assert cfg.name == name
+        kind = cls.kinds[0]
+        shape = (3,) if kind == "bernoulli" else (2, 3)
+        assert type(build_estimator(cfg, kind, shape)) is cls
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+def test_every_preset_composes_and_validates(preset, cfg_of):
+    cfg = cfg_of(f"+experiment={preset}")
+    validate(cfg)
+    assert cfg.preset is None or cfg.preset.name == preset
+
+
+def _pairs():
+    from estimators import REGISTRY
+    return [(e, m, k) for e in sorted(REGISTRY) for m in ("toy", "vae") for k in ("bernoulli", "categorical")]
+
+
+@pytest.mark.parametrize("name, model, kind", _pairs())
+def test_every_estimator_model_pair_composes_or_is_refused_by_name(name, model, kind, cfg_of):
+    """Each estimator x model x latent kind either builds (model and estimator) or is refused
+    before any work with a message that names the estimator or the key at fault."""
+    from estimators import REGISTRY
+    from experiment.train import build_model
+    from estimators import build_estimator
+    over = [f"estimator={name}", f"model={model}", f"model.latent={kind}"]
+    if model == "vae":
+        over += ["model.latent_dim=4" if kind == "bernoulli" else "model.latent_dim=2"]
+    cfg = cfg_of(*over)
+    try:
+        validate(cfg)
+        m = build_model(cfg)
+        build_estimator(cfg.estimator, m.kind, m.latent_shape)
+    except ConfigError as e:
+        msg = str(e)
+        assert name in msg or "estimator." in msg or "model." in msg, msg
+        if kind not in REGISTRY[name].kinds:
+            assert kind in msg
+        return
+    assert kind in REGISTRY[name].kinds

@@ -174,6 +174,11 @@ def test_unbiased_estimator_on_an_enumerable_vae_and_biased_one_detected():
 
 def test_resolve_estimators_and_references():
     assert resolve_estimators(None, "gumbel", "bernoulli", False) == ["gumbel"]
+    assert resolve_estimators("basic", "arm", "bernoulli", False, (3,)) == \
+        ["arm", "st", "reinforce", "gumbel", "st_gumbel"]
+    # vimco's target is another objective: the basic estimators are probed at its states, not it
+    assert resolve_estimators("basic", "vimco", "bernoulli", False, (3,)) == \
+        ["st", "reinforce", "gumbel", "st_gumbel"]
     assert set(resolve_estimators("all", "gumbel", "bernoulli", False)) >= {"st", "reinforce", "gumbel", "st_gumbel"}
     assert resolve_estimators("st,gumbel", "gumbel", "bernoulli", False) == ["st", "gumbel"]
     with pytest.raises(ConfigError, match="nope"):

@@ -511,23 +511,18 @@ def test_no_memory_growth_across_steps():
 # configuration and the command line
 # ------------------------------------------------------------------------------------------------
 
-def cfg_of(*overrides):
-    from hydra import compose, initialize_config_dir
-    from experiment.config import register_configs
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["estimator=vimco", "model=vae"], "model.objective=iwae"),
     (["estimator=rebar", "model=vae", "model.objective=iwae"], "estimator 'rebar'.*use estimator=vimco"),
     (["estimator=vimco", "model=vae", "model.objective=iwae", "estimator.samples=1"], "estimator.samples=1"),
-    (["estimator=vimco", "model=toy", "diagnostics.every=10"], "diagnostics.every=10"),
+    (["estimator=vimco", "model=vae", "model.objective=iwae", "diagnostics.every=10",
+      "diagnostics.estimators=null"], "diagnostics.estimators=null"),
     (["estimator=relax", "model=toy", "estimator.tau_init=0"], "estimator.tau_init=0"),
     (["estimator=relax", "model=toy", "estimator.hidden=0"], "estimator.hidden=0"),
 ])
-def test_refusals_before_training(overrides, message):
+def test_refusals_before_training(overrides, message, cfg_of):
     from experiment.validate import validate
     with pytest.raises(ConfigError, match=message):
         validate(cfg_of(*overrides))
@@ -538,7 +533,7 @@ def test_refusals_before_training(overrides, message):
     ["estimator=relax", "model=vae", "model.latent=categorical", "estimator.samples=2"],
     ["estimator=rebar", "model=toy", "estimator.learn=false"],
 ])
-def test_valid_combinations_compose_and_build(overrides):
+def test_valid_combinations_compose_and_build(overrides, cfg_of):
     from estimators import build_estimator
     from experiment.validate import validate
     cfg = cfg_of(*overrides)
@@ -554,7 +549,7 @@ def test_vae_rejects_an_unknown_objective():
         VAE(latent_dim=3, x_dim=4, objective="elbo2")
 
 
-def test_trainer_builds_the_iwae_vae():
+def test_trainer_builds_the_iwae_vae(cfg_of):
     from experiment.train import build_model
     model = build_model(cfg_of("estimator=vimco", "model=vae", "model.objective=iwae"))
     assert model.train_objective == "iwae"
