@@ -20,4 +20,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    import sys
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):   # ours: no internal schema groups
+        from experiment.config import help_text
+        print(help_text())
+        sys.exit(0)
     main()

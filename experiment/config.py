@@ -293,6 +293,43 @@ def estimator_defaults(name: str):
     return OmegaConf.merge(OmegaConf.structured(SCHEMAS[schema]), raw)
 
 
+def _summary(path: Path) -> str:
+    """The first comment line of a config file that is not a ``@package`` directive."""
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#") and "@package" not in line:
+            return line.lstrip("# ").rstrip()
+    return ""
+
+
+def help_text() -> str:
+    """``python run.py --help``: the app, its config groups and options with one line each (from
+    the files in configs/), the common keys. Hydra's own options: ``--hydra-help``."""
+    defaults = {"estimator": "gumbel", "model": "vae", "data": "mnist"}
+    out = ["discograd: compare gradient estimators for discrete latent variables on real models.",
+           "",
+           "usage: python run.py [GROUP=OPTION ...] [KEY=VALUE ...]     one run (outputs/DATE/TIME.ID/)",
+           "       python run.py -m KEY=A,B [...]                       a sweep (multirun/DATE/TIME.ID/N/)",
+           "       python run.py +experiment=PRESET                     a paper's protocol",
+           "       python -m analysis PATH                              report.md, figures, tables",
+           "       python run.py --cfg job                              print the composed config",
+           ""]
+    for group, title in (("estimator", "estimator=NAME"), ("model", "model=NAME"),
+                         ("data", "data=NAME"), ("experiment", "+experiment=PRESET")):
+        d = defaults.get(group)
+        out.append(f"{title}" + (f" (default: {d})" if d else ""))
+        for p in sorted((CONFIG_DIR / group).glob("*.yaml")):
+            out.append(f"  {p.stem:<22} {_summary(p)}")
+        out.append("")
+    out += ["common keys: seed, device=auto|cpu|cuda, train.steps, train.batch_size, train.lr,",
+            "  train.log_every, train.eval_every, train.checkpoint_every, train.resume, eval.samples,",
+            "  diagnostics.every, diagnostics.estimators, diagnostics.reference, report.run",
+            "  (all keys, defaults and meanings: README.md, 'Config keys'; docs/design.md)",
+            "launchers: hydra/launcher=joblib (this machine), submitit_slurm (a cluster), submitit_local",
+            "Hydra's own options: python run.py --hydra-help"]
+    return "\n".join(out)
+
+
 def compose_config(overrides=()):
     """The config that ``python run.py OVERRIDES`` would use (Hydra's compose API, no run folder):
     for tests, benchmarks and scripts."""

@@ -173,3 +173,15 @@ def test_every_estimator_model_pair_composes_or_is_refused_by_name(name, model, 
             assert kind in msg
         return
     assert kind in REGISTRY[name].kinds
+
+
+def test_help_names_the_app_and_every_option_and_no_internal_group():
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0
+    from estimators import REGISTRY
+    assert r.stdout.startswith("discograd")
+    lines = r.stdout.splitlines()
+    for name in [*REGISTRY, "toy", "vae", "attention", "mnist", "tucker_toy_045"]:
+        assert any(line.split()[:1] == [name] for line in lines), name
+    assert "schema" not in r.stdout and "powered by Hydra" not in r.stdout
