@@ -19,7 +19,7 @@ def main_metric(runs: pd.DataFrame) -> str | None:
 
 
 def _fmt(v: float) -> str:
-    return "nan" if not math.isfinite(v) else f"{v:.3g}"
+    return f"{v:.3g}" if math.isfinite(v) else ("inf" if v == math.inf else "nan")
 
 
 def gradient_table(g: pd.DataFrame, group: str = "encoder") -> list[str]:
