@@ -145,6 +145,9 @@ class Estimator(nn.Module):
     # what Estimate.loss (the logged train/loss) measures: not the same quantity for every
     # estimator, so the analysis labels each curve with it
     loss_quantity: ClassVar[str] = "f at exact samples"
+    # what the estimator is a gradient of: "mean" = E_q[f]; "multisample" = the S-sample bound
+    # log 1/S sum_s exp(-f(z_s)) (vimco; it needs model.objective=iwae and is not probed)
+    objective: ClassVar[str] = "mean"
 
     def __init__(self, kind: str, latent_shape: tuple[int, ...], samples: int = 1):
         super().__init__()

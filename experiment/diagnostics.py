@@ -73,7 +73,7 @@ def _buildable(name: str, kind: str, latent_shape, sequential: bool) -> str | No
     cls = REGISTRY[name]
     if kind not in cls.kinds:
         return f"does not support {kind} latents"
-    if getattr(cls, "objective", "mean") != "mean":
+    if cls.objective != "mean":
         return "estimates the gradient of another objective (the multi-sample bound), not of E[f]"
     try:
         with torch.random.fork_rng(devices=[]):      # a trial build draws no training randomness
@@ -127,7 +127,7 @@ def resolve_estimators(spec, trained: str, kind: str, sequential: bool,
 def _objective(cls) -> str:
     """What an estimator class estimates the gradient of: "mean" (E_q[f]) or another objective
     (vimco: "multisample", the S-sample bound)."""
-    return getattr(cls, "objective", "mean")
+    return cls.objective
 
 
 def _reference_capable(name: str, kind: str) -> bool:

@@ -135,7 +135,7 @@ def _validate_multisample_and_learned_cv(cfg) -> None:
     """REBAR/RELAX keys, VIMCO's S >= 2, and the pairing of the VAE's training objective
     (model.objective: elbo | iwae) with the estimator's target (E_q[f] or the S-sample bound)."""
     est, model = cfg.estimator, cfg.model
-    multisample = getattr(REGISTRY[est.name], "objective", "mean") == "multisample"
+    multisample = REGISTRY[est.name].objective == "multisample"
     if multisample and est.samples < 2:
         raise ConfigError(f"estimator.samples={est.samples} is invalid for estimator '{est.name}': "
                           "its leave-one-out baselines need an integer >= 2")
