@@ -106,10 +106,10 @@ def test_more_steps_extend_a_completed_run_and_say_so(tmp_path):
     out, straight = tmp_path / "run", tmp_path / "straight"
     assert run(*TOY, f"hydra.run.dir={out}").returncode == 0
     first = summary(out)
-    assert len(first["config_fingerprint"]) == 64 and "train" in first["fingerprinted_config"]
     r = run(*TOY, "train.steps=2000", "train.log_every=50", f"hydra.run.dir={out}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "extending the completed run of 1000 steps to train.steps=2000" in r.stdout
+    assert len(first["config_fingerprint"]) == 64 and "train" in first["fingerprinted_config"]
     s = summary(out)
     assert s["status"] == "completed" and s["step"] == 2000
     assert s["config_fingerprint"] == first["config_fingerprint"]
@@ -280,9 +280,9 @@ def test_every_file_a_run_writes_has_one_mode(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     modes = {str(p.relative_to(out)): oct(stat.S_IMODE(p.stat().st_mode))
              for p in out.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
     assert {"summary.json", "checkpoint.pt", "checkpoint.prev.pt", "metrics.csv", "run.log",
             ".hydra/config.yaml", ".hydra/overrides.yaml", ".lock"} <= set(modes)
-    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
 
 
 def test_the_data_cache_is_written_with_the_same_mode(tmp_path):
