@@ -390,10 +390,11 @@ class Trainer:
                     break
                 unreadable.append((p, why))
         if state is None and unreadable:
+            why = dict(unreadable)
             raise ConfigError(
                 "cannot resume the run in " + str(out) + ": "
-                + "; ".join(f"{p.name} cannot be read ({why})" for p, why in unreadable)
-                + ("" if (out / PREVIOUS).exists() else f"; there is no {PREVIOUS}")
+                + "; ".join(f"{p.name} cannot be read ({why[p]})" if p in why else
+                            f"there is no {p.name}" for p in (out / CHECKPOINT, out / PREVIOUS))
                 + ". Either restore a readable checkpoint.pt, run in a new folder "
                 "(hydra.run.dir=...), or start this folder over: delete its checkpoint*.pt, "
                 "metrics.csv, grad_stats.csv and summary.json, then rerun")
