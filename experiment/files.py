@@ -6,9 +6,9 @@
   sees the old file or the new one, never a part.
 - :func:`lock`: ``filelock.FileLock`` (flock on POSIX: released by the kernel when its holder
   dies, so a killed process leaves no stale lock).
-- Checkpoints: :func:`save_checkpoint` reads the new file back before it replaces the current
-  one, which it keeps as ``checkpoint.prev.pt``; :func:`read_checkpoint` says why a file cannot be
-  read instead of raising.
+- Checkpoints: :func:`save_checkpoint` reads the new file back (CRCs and torch.load) before it
+  replaces the current one, which it keeps as ``checkpoint.prev.pt``; :func:`read_checkpoint`
+  says why a file cannot be read instead of raising.
 - :class:`RunLock`: one writer per run folder, with the holder's pid and host in ``.lock.json``.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -97,7 +98,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
 
 
 def read_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[dict | None, str | None]:
-    """(state, None), or (None, why it cannot be read) for a missing, truncated or garbled file."""
+    """(state, None), or (None, why it cannot be read) for a missing, truncated or garbled file.
+    Every member's CRC is checked first: torch.load alone reads flipped bytes without a word."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return None, f"truncated or overwritten: {e}"
+    if bad is not None:
+        return None, f"damaged: {bad} fails its CRC check"
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - zip, pickle and OS errors alike mean "unreadable"

@@ -428,6 +428,7 @@ class Trainer:
         # nothing by itself: switching a group changes its name, which both sides have
         if all(MISSING_VALUE in (a, b) for _, a, b in diff):
             return
+        diff.sort(key=lambda d: MISSING_VALUE in d[1:])       # keys both sides have first
         shown = [f"  {k}: {_show(a)} -> {_show(b)}" for k, a, b in diff[:30]]
         if len(diff) > 30:
             shown.append(f"  ... and {len(diff) - 30} more")

@@ -273,6 +273,24 @@ def test_a_checkpoint_that_does_not_read_back_is_not_installed(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
 
 
+def test_flipped_bytes_inside_a_checkpoint_are_caught(tmp_path):
+    import torch
+    from experiment import files
+    path = tmp_path / "checkpoint.pt"
+    files.save_checkpoint(path, {"step": 5, "w": torch.randn(1000)})
+    assert files.read_checkpoint(path)[0]["step"] == 5
+    data = bytearray(path.read_bytes())
+    i = data.find(b"data/0") + 200
+    data[i:i + 50] = b"\xff" * 50
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)             # torch.load alone does not notice
+    state, why = files.read_checkpoint(path)
+    assert state is None and "CRC" in why
+    path.write_bytes(bytes(data[:100]))
+    state, why = files.read_checkpoint(path)
+    assert state is None and "truncated" in why
+
+
 # --- one file mode ----------------------------------------------------------------------------
 def test_every_file_a_run_writes_has_one_mode(tmp_path):
     out, umask = tmp_path / "run", 0o007      # 0o007: group members may write (a lab's sweep)
