@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import (SPLITS, MNISTData, Splits, _Corrupt, _atomic_write, _locked, _sha256,
-                   content_sha256, default_cache_dir, make_cache_dir, read_verified)
+from .data import (LOCK_NAME, SPLITS, MNISTData, Splits, _Corrupt, _sha256, content_sha256,
+                   default_cache_dir, make_cache_dir, read_verified)
+from .files import atomic_write, lock
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def load_canvas(splits: Splits, size: int = 60, clutter: int = 0, fragment: int 
         if cached is not None:
             return cached
     make_cache_dir(directory, "DISCOGRAD_DATA or data.cache_dir to a writable directory")
-    with _locked(directory):
+    with lock(directory / LOCK_NAME):
         try:
             cached = _read(path, sum_path, splits, size)
             if cached is not None:
@@ -139,8 +140,8 @@ def load_canvas(splits: Splits, size: int = 60, clutter: int = 0, fragment: int 
         np.savez_compressed(buf, **{f"{s}_{k}": a for s in out
                                     for k, a in zip(("images", "labels"), out[s])})
         blob = buf.getvalue()
-        _atomic_write(path, blob)
-        _atomic_write(sum_path, f"{_sha256(blob)}  {name}\n".encode())
+        atomic_write(path, blob)
+        atomic_write(sum_path, f"{_sha256(blob)}  {name}\n".encode())
         return out
 
 

@@ -8,6 +8,8 @@ Value ranges (positive learning rate, temperature > 0, ...) are checked by
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import time
@@ -196,6 +198,7 @@ class TrainConfig:
     eval_every: int = 2000
     checkpoint_every: int = 2000
     resume: Resume = Resume.auto
+    wait: bool = False         # another process holds the run folder: wait for it (else refuse)
     progress: Progress = Progress.auto
     on_nan: OnNaN = OnNaN.stop
     compile: bool = False      # torch.compile the step's forward pass (model + estimator + extra)
@@ -342,3 +345,68 @@ def compose_config(overrides=()):
 def plain(value):
     """Enum members as their names; everything else unchanged."""
     return value.value if isinstance(value, Enum) else value
+
+
+# --- the config fingerprint ------------------------------------------------------------------
+# Keys that may change between the sessions of one run (a rerun into its folder resumes it, see
+# README "Resuming"); every other key defines the run and goes into its config fingerprint.
+RESUMABLE_KEYS = (
+    "train.steps",                       # extend a run, or finish it sooner
+    "train.log_every", "train.eval_every", "train.checkpoint_every",  # when, not what
+    "train.progress", "train.resume", "train.wait",
+    "train.on_nan",                      # a policy for a failure (e.g. skip to rescue a run)
+    "device", "train.compile",           # the same computation, elsewhere or compiled (resume
+                                         # is bit-identical only on the same device and mode)
+    "eval.final_samples",                # the final evaluation only
+    "data.cache_dir",                    # where MNIST is cached; its content is checksummed
+    "diagnostics",                       # the probe has its own random stream: training is
+                                         # the same with or without it
+    "logger", "preset",                  # TensorBoard files; a preset's published numbers
+    "report",                            # whether the end of the run writes its report
+)
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for k in parents:
+        tree = tree.get(k)
+        if not isinstance(tree, dict):
+            return
+    tree.pop(leaf, None)
+
+
+def run_defining(config: dict) -> dict:
+    """``config`` (a plain, resolved dict) without the resumable keys."""
+    out = json.loads(json.dumps(config, default=str))      # a deep copy of plain values
+    out.pop("hydra", None)
+    for key in RESUMABLE_KEYS:
+        _drop(out, key)
+    return out
+
+
+def fingerprint(config: dict) -> tuple[str, dict]:
+    """(sha256 of the canonical JSON of the run-defining config, that config)."""
+    defining = run_defining(config)
+    text = json.dumps(defining, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest(), defining
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every leaf that differs; MISSING_VALUE where a key
+    exists on one side only."""
+    a, b = flat(old), flat(new)
+    return [(k, a.get(k, MISSING_VALUE), b.get(k, MISSING_VALUE))
+            for k in sorted(set(a) | set(b)) if a.get(k, MISSING_VALUE) != b.get(k, MISSING_VALUE)]
+
+
+MISSING_VALUE = "(absent)"

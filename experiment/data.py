@@ -35,10 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:  # POSIX only; without it, atomic writes still keep the cache whole
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+from .files import atomic_write, lock
 
 log = logging.getLogger(__name__)
 
@@ -111,36 +108,6 @@ def _check_splits(splits: Splits, origin: str) -> Splits:
         if y.min() < 0 or y.max() > 9:
             raise DataError(f"{origin}: {name} labels outside 0..9")
     return splits
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory and os.replace."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def _locked(directory: Path):
-    """Exclusive fcntl lock on ``directory/LOCK_NAME`` (serialises concurrent first runs)."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with open(directory / LOCK_NAME, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -277,9 +244,9 @@ def _write_cache(directory: Path, splits: Splits) -> None:
     np.savez(buf, **{f"{s}_{k}": a for s in SPLITS
                      for k, a in zip(("images", "labels"), splits[s])})
     blob = buf.getvalue()
-    _atomic_write(directory / CACHE_NAME, blob)
+    atomic_write(directory / CACHE_NAME, blob)
     # the sidecar is written last: its presence marks the cache as complete
-    _atomic_write(directory / CACHE_SUM_NAME, f"{_sha256(blob)}  {CACHE_NAME}\n".encode())
+    atomic_write(directory / CACHE_SUM_NAME, f"{_sha256(blob)}  {CACHE_NAME}\n".encode())
 
 
 def _discard(directory: Path, why: str) -> None:
@@ -298,7 +265,7 @@ def fetch_mnist(cache_dir: str | os.PathLike | None = None) -> Splits:
     Cache layout (``cache_dir``, default ``$DISCOGRAD_DATA`` or ``~/.cache/discograd``):
     ``mnist-v1.npz`` (uncompressed npz, arrays ``{split}_images`` / ``{split}_labels``),
     ``mnist-v1.npz.sha256`` (its sha256, ``sha256sum -c`` format; written last, so its presence
-    marks a complete cache) and ``mnist-v1.lock`` (fcntl lock serialising concurrent first runs).
+    marks a complete cache) and ``mnist-v1.lock`` (filelock serialising concurrent first runs).
     The cache's checksum is verified before it is parsed, and its content against a pinned hash;
     a cache failing either is deleted (with a warning) and re-fetched. All writes are atomic.
     """
@@ -311,7 +278,7 @@ def fetch_mnist(cache_dir: str | os.PathLike | None = None) -> Splits:
             return splits
     make_cache_dir(directory, "DISCOGRAD_DATA to a writable directory or pass data.root=DIR with "
                    "the standard MNIST IDX files")
-    with _locked(directory):
+    with lock(directory / LOCK_NAME):
         try:
             splits = _read_cache(directory)  # another process may have finished meanwhile
             if splits is not None:

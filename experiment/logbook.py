@@ -4,50 +4,23 @@
 - ``summary.json``: final metrics, status, timings, declared properties, versions.
 - ``checkpoint.pt``: state dicts and plain types, written atomically (temp file + rename).
 On resume, rows after the checkpoint's step are dropped so the log has no duplicates.
+Writing files (one mode, atomic writes, checkpoints, the folder lock) is experiment.files.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
+from .files import atomic_write, load_checkpoint, save_checkpoint, write_json  # noqa: F401
+
+atomic_write_bytes = atomic_write        # the former name (a write function or bytes)
+
 METRICS_HEADER = ["step", "epoch", "wall_time", "split", "metric", "value"]
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file in the same folder, fsync, then rename over path."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
-    atomic_write_bytes(path, lambda fh: fh.write(data))
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write_bytes(path, lambda fh: torch.save(state, fh))
-
-
-def load_checkpoint(path: Path, device) -> dict:
-    return torch.load(path, map_location=device, weights_only=True)
 
 
 class CSVLog:
@@ -87,8 +60,7 @@ class CSVLog:
         w = csv.writer(buf)
         w.writerow(header)
         w.writerows(keep)
-        data = buf.getvalue().encode()
-        atomic_write_bytes(path, lambda fh: fh.write(data))
+        atomic_write(path, buf.getvalue().encode())
         return len(body) - len(keep)
 
 

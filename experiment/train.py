@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -22,9 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from estimators import ConfigError, Estimator, build_estimator, uniform
 from models import MODELS, LatentModel
 from models.base import with_labels
-from .config import plain
+from .config import MISSING_VALUE, RESUMABLE_KEYS, config_diff, fingerprint, plain, run_defining
 from .optim import Adam
-from .logbook import (CSVLog, MetricsLog, load_checkpoint, save_checkpoint, versions, write_json)
+from .files import (CHECKPOINT, DAMAGED, PREVIOUS, RunLock, atomic_write, read_checkpoint,
+                    save_checkpoint, write_json)
+from .logbook import CSVLog, MetricsLog, versions
 from .validate import validate
 
 log = logging.getLogger("discograd")
@@ -35,6 +38,11 @@ class Interrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(f"signal {signum}")
         self.signum = signum
+
+
+class FolderInUse(ConfigError):
+    """Another process holds the run folder (exit code 75, EX_TEMPFAIL of sysexits.h: a
+    temporary condition, try again later)."""
 
 
 class Diverged(RuntimeError):
@@ -127,16 +135,37 @@ class Batches:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, out_dir: Path, interactive: bool = False):
+    def __init__(self, cfg: DictConfig, out_dir: Path, interactive: bool = False,
+                 hydra_files: dict[str, str] | None = None):
+        """``hydra_files``: Hydra's .hydra/*.yaml texts, written once the folder is held (so a
+        refused command never overwrites the folder's own)."""
         self.cfg, self.out = cfg, Path(out_dir)
         self.interactive = interactive
-        validate(cfg)                                     # bad input fails before any work
-        self.device = pick_device(plain(cfg.device))
         self.out.mkdir(parents=True, exist_ok=True)
         check_writable(self.out)
-        if plain(cfg.train.resume) == "never" and (self.out / "metrics.csv").exists():
-            raise ConfigError(f"train.resume=never but the run folder {self.out} already holds a run "
-                              "(metrics.csv); use a new folder (hydra.run.dir=...) or train.resume=auto")
+        self.lock = RunLock(self.out)
+        try:
+            self.hold_folder()            # one writer; a folder of another run is refused
+            try:
+                validate(cfg)                             # bad input fails before any work
+                self.device = pick_device(plain(cfg.device))
+            except ConfigError:
+                if hydra_files and self._fresh:   # a failed job stays listed by analysis
+                    write_hydra_files(self.out, hydra_files)
+                raise
+            if hydra_files:
+                write_hydra_files(self.out, hydra_files)
+            self._build(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the run folder (the end of the run; also at process exit)."""
+        self.lock.release()
+
+    def _build(self, cfg: DictConfig) -> None:
+        """Everything heavy, once the folder is held and the config valid."""
         torch.manual_seed(int(cfg.seed))
         self.model = build_model(cfg)
         self.estimator: Estimator = build_estimator(cfg.estimator, self.model.kind, self.model.latent_shape)
@@ -349,16 +378,122 @@ class Trainer:
                 "batches": self.batches.state_dict(), "rng": rng, "skipped": self.skipped,
                 "log_accumulator": {"sum": self._loss_sum, "n": self._n_sum},
                 "probe": self.probe.state_dict() if self.probe is not None else {},
-                "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)}
+                "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+                "config_fingerprint": self.fingerprint, "fingerprinted_config": self.fingerprinted,
+                "device": str(self.device)}
 
     def save(self) -> None:
-        save_checkpoint(self.out / "checkpoint.pt", self.state())
+        save_checkpoint(self.out / CHECKPOINT, self.state())     # the former one -> PREVIOUS
+
+    # --- the run folder: one writer, one run ------------------------------------------------------
+    def hold_folder(self) -> None:
+        """Take the folder's lock, then refuse a folder that holds another run (a different config
+        fingerprint) or whose checkpoints all fail to read; pick the checkpoint to resume from.
+        Reads nothing heavy: this runs before the data and the model are built."""
+        cfg, out = self.cfg, self.out
+        if not self.lock.acquire(wait=False):
+            holder = self.lock.describe_holder()
+            if not bool(cfg.train.wait):
+                raise FolderInUse(
+                    f"the run folder {out} is in use by {holder}; one process writes a run folder "
+                    "at a time. Wait for it to end, rerun with train.wait=true to wait for it, or "
+                    "use another folder (hydra.run.dir=...)")
+            log.info("run folder %s is in use by %s; waiting for it to end (train.wait=true)",
+                     out, holder)
+            self.lock.acquire(wait=True)
+            log.info("run folder %s is free; going on", out)
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        self.fingerprint, self.fingerprinted = fingerprint(resolved)
+        self._resume_from: tuple[Path, dict] | None = None
+        held = [n for n in (CHECKPOINT, PREVIOUS, "summary.json", "metrics.csv") if (out / n).exists()]
+        self._fresh = not held
+        if plain(cfg.train.resume) == "never":
+            if held:
+                raise ConfigError(f"train.resume=never but the run folder {out} already holds a run "
+                                  f"({', '.join(held)}); use a new folder (hydra.run.dir=...) or "
+                                  "train.resume=auto")
+            return
+        state, path, unreadable = None, None, []
+        for p in (out / CHECKPOINT, out / PREVIOUS):
+            if p.exists():
+                state, why = read_checkpoint(p)
+                if state is not None:
+                    path = p
+                    break
+                unreadable.append((p, why))
+        if state is None and unreadable:
+            why = dict(unreadable)
+            raise ConfigError(
+                "cannot resume the run in " + str(out) + ": "
+                + "; ".join(f"{p.name} cannot be read ({why[p]})" if p in why else
+                            f"there is no {p.name}" for p in (out / CHECKPOINT, out / PREVIOUS))
+                + ". Either restore a readable checkpoint.pt, run in a new folder "
+                "(hydra.run.dir=...), or start this folder over: delete its checkpoint*.pt, "
+                "metrics.csv, grad_stats.csv and summary.json, then rerun")
+        if state is not None:
+            # the full config, where kept (every checkpoint has it), so that today's list of
+            # resumable keys applies to both sides
+            recorded = fingerprint(state["config"])[1] if "config" in state \
+                else state.get("fingerprinted_config", {})
+            self._refuse_another_run(recorded, f"{path.name} (step {int(state['step'])})")
+            self._resume_from = (path, state)
+        else:
+            summary = self._read_summary()
+            if summary and summary.get("fingerprinted_config") is not None:
+                self._refuse_another_run(summary["fingerprinted_config"], "summary.json")
+        if unreadable and path is not None:   # fall back to the previous checkpoint
+            step = int(state["step"])
+            last = _last_logged_step(out / "metrics.csv")
+            redo = f"steps {step + 1}..{last} will be recomputed" if last > step else \
+                f"training goes on from step {step}"
+            p, why = unreadable[0]
+            os.replace(p, out / DAMAGED)
+            log.warning("%s cannot be read (%s; kept as %s); resuming from %s at step %d: %s",
+                        p.name, why, DAMAGED, path.name, step, redo)
+        elif path is not None and path.name == PREVIOUS:
+            log.warning("%s is missing (a checkpoint write was interrupted); resuming from %s at "
+                        "step %d", CHECKPOINT, PREVIOUS, int(state["step"]))
+
+    def _refuse_another_run(self, recorded: dict, source: str) -> None:
+        diff = config_diff(run_defining(recorded), self.fingerprinted)
+        # a key on one side only (added or removed by another version of discograd) decides
+        # nothing by itself: switching a group changes its name, which both sides have
+        if all(MISSING_VALUE in (a, b) for _, a, b in diff):
+            return
+        diff.sort(key=lambda d: MISSING_VALUE in d[1:])       # keys both sides have first
+        shown = [f"  {k}: {_show(a)} -> {_show(b)}" for k, a, b in diff[:30]]
+        if len(diff) > 30:
+            shown.append(f"  ... and {len(diff) - 30} more")
+        raise ConfigError(
+            f"the run folder {self.out} holds a run with another configuration: its {source} "
+            f"differs from this command in {len(diff)} key(s) (old -> new):\n" + "\n".join(shown)
+            + "\nA run folder holds one run. Either run this config in a new folder "
+            "(hydra.run.dir=..., or hydra.sweep.dir=... for a sweep), or start it afresh in an empty "
+            "folder with train.resume=never; to continue the old run, rerun it with its values. "
+            "Keys that may change when resuming: " + ", ".join(RESUMABLE_KEYS))
+
+    def _read_summary(self) -> dict | None:
+        try:
+            return json.loads((self.out / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
 
     def try_resume(self) -> bool:
-        path = self.out / "checkpoint.pt"
-        if plain(self.cfg.train.resume) != "auto" or not path.exists():
+        if self._resume_from is None:
+            # nothing to resume from: rows of an earlier attempt killed before its first
+            # checkpoint would be logged twice; this attempt rewrites them
+            dropped = CSVLog.truncate_after(self.out / "metrics.csv", -1)
+            dropped += CSVLog.truncate_after(self.out / "grad_stats.csv", -1)
+            if dropped:
+                log.warning("no checkpoint in %s: starting at step 0 (%d log rows of an earlier "
+                            "attempt dropped)", self.out, dropped)
             return False
-        s = load_checkpoint(path, self.device)
+        path, s = self._resume_from
+        self._resume_from = None
+        s = _to_device(s, self.device)
+        if s.get("device", str(self.device)) != str(self.device):
+            log.warning("resuming on %s a run checkpointed on %s: the steps from here on are not "
+                        "bit-identical to an uninterrupted run", self.device, s["device"])
         self.model.load_state_dict(s["model"])
         self.estimator.load_state_dict(s["estimator"])
         self.opt.load_state_dict(s["optimizer"])
@@ -375,6 +510,10 @@ class Trainer:
         dropped = CSVLog.truncate_after(self.out / "metrics.csv", self.step)
         dropped += CSVLog.truncate_after(self.out / "grad_stats.csv", self.step)
         log.info("resumed from %s at step %d (%d log rows after it dropped)", path, self.step, dropped)
+        done = self._read_summary() or {}
+        if done.get("status") == "completed" and self.step < int(self.cfg.train.steps):
+            log.info("extending the completed run of %d steps to train.steps=%d", int(done["step"]),
+                     int(self.cfg.train.steps))
         return True
 
     # --- the run -------------------------------------------------------------------------------
@@ -579,8 +718,44 @@ class Trainer:
                       "parameters": sum(p.numel() for p in m.parameters())},
             "device": str(self.device),
             "seed": int(self.cfg.seed),
+            "config_fingerprint": self.fingerprint,
+            "fingerprinted_config": self.fingerprinted,
             "versions": versions(),
         }
+
+
+def _show(value) -> str:
+    return value if value == MISSING_VALUE else json.dumps(value, default=str)
+
+
+def _to_device(obj, device: torch.device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _last_logged_step(path: Path) -> int:
+    """The largest step in a CSV log with a ``step`` column (-1 if none)."""
+    import csv
+    try:
+        with open(path, newline="") as fh:
+            return max((int(r["step"]) for r in csv.DictReader(fh) if r.get("step", "").isdigit()),
+                       default=-1)
+    except OSError:
+        return -1
+
+
+def write_hydra_files(out: Path, files: dict[str, str]) -> None:
+    """.hydra/config.yaml, hydra.yaml, overrides.yaml (Hydra's own content and names; Hydra
+    itself writes none: configs/config.yaml sets hydra.output_subdir=null)."""
+    folder = out / ".hydra"
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        atomic_write(folder / name, text.encode())
 
 
 def report(summary: dict) -> str:
@@ -625,15 +800,23 @@ def hydra_entry(cfg: DictConfig):
         torch.set_num_threads(1)
     progress = plain(cfg.train.progress)
     interactive = progress == "bar" or (progress == "auto" and not sweep and sys.stderr.isatty())
+    hydra_files = {"config.yaml": OmegaConf.to_yaml(cfg),
+                   "hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
+                   "overrides.yaml": OmegaConf.to_yaml(hc.overrides.task)}
     try:
-        trainer = Trainer(cfg, out, interactive=interactive)
+        trainer = Trainer(cfg, out, interactive=interactive, hydra_files=hydra_files)
     except ConfigError as e:
-        log.error("invalid configuration: %s", e)
+        what, code = ("run folder in use", 75) if isinstance(e, FolderInUse) else \
+            ("invalid configuration", 2)
+        log.error("%s: %s", what, e)
         if sweep:
             raise
-        print(f"discograd: invalid configuration: {e}", file=sys.stderr)
-        sys.exit(2)
-    summary = trainer.fit()
+        print(f"discograd: {what}: {e}", file=sys.stderr)
+        sys.exit(code)
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
     log.info("%s; run folder %s", report(summary), out)
     if bool(cfg.report.run) and not sweep:     # a sweep's jobs: one report for the sweep (callback)
         write_report(out)
