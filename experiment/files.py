@@ -1,4 +1,4 @@
-"""Writing files safely: the run folder's and the data cache's (DESIGN.md, "Files of one run").
+"""Writing files safely: the run folder's and the data cache's (docs/design.md, "Files of one run").
 
 - One mode: every file is created with 0666 minus the umask (what ``open(path, "w")`` gives), so
   whoever may read a run's metrics.csv may also read its summary.json and checkpoint.pt.
