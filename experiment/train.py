@@ -7,6 +7,7 @@ and checkpoint steps.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -107,6 +108,54 @@ def finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.ones((), dtype=torch.bool)
     return torch.isfinite(torch.stack(torch._foreach_norm(tensors, ord=math.inf))).all()
+
+
+class SimpleRun:
+    """What ``Trainer.fit`` hands back through its guard: the final metrics and the summary."""
+
+    def __init__(self):
+        self.final: dict[str, float] = {}
+        self.summary: dict | None = None
+
+
+class Stopwatch:
+    """The run's clocks. ``elapsed()``: seconds of this run over all its sessions (training,
+    evaluation, diagnostics; what checkpoints keep). ``rate(step)``: steps per second of training
+    alone since the last call (time inside ``paused()`` excluded). ``timed(phase)``: also adds the
+    time to ``seconds[phase]`` (this session's eval and diagnostics seconds, in summary.json)."""
+
+    def __init__(self, elapsed0: float, step: int):
+        self.start, self.elapsed0 = time.perf_counter(), float(elapsed0)
+        self.seconds = {"eval": 0.0, "diagnostics": 0.0}
+        self.mark(step)
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.start
+
+    def mark(self, step: int) -> None:
+        self._t, self._step, self._paused = time.perf_counter(), step, 0.0
+
+    def rate(self, step: int) -> float:
+        now = time.perf_counter()
+        r = (step - self._step) / max(now - self._t - self._paused, 1e-9)
+        self._t, self._step, self._paused = now, step, 0.0
+        return r
+
+    @contextlib.contextmanager
+    def paused(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
 
 
 class Batches:
@@ -545,128 +594,168 @@ class Trainer:
         return None
 
     def fit(self) -> dict:
-        cfg, tr = self.cfg, self.cfg.train
-        summary_path = self.out / "summary.json"
+        """Train to ``train.steps``, evaluate, checkpoint; returns the summary (also written to
+        summary.json). The phases of a step are named methods below; ``_guard`` maps a divergence,
+        an interruption or a failure to the run's status and writes the summary."""
         done = self._completed_summary()
         if done is not None:                # never overwrite a completed run
             log.info("run folder %s already holds a completed run of %d steps; nothing to do",
                      self.out, done["step"])
             return done
         resumed = self.try_resume()
-        previous_handlers = self._install_signals()
-        metrics = MetricsLog(self.out / "metrics.csv", tensorboard=bool(cfg.logger.tensorboard))
-        grad_log = None
-        if self.probe is not None:
-            from .diagnostics import GRAD_STATS_HEADER
-            grad_log = CSVLog(self.out / "grad_stats.csv", GRAD_STATS_HEADER)
-        diag_every = int(cfg.diagnostics.every)
-        diag_s = 0.0
-
-        def probe() -> float:
-            t0 = time.perf_counter()
-            grad_log.write(self.probe.run(self.step))
-            return time.perf_counter() - t0
-        steps = int(tr.steps)
-        log_every, eval_every, ckpt_every = int(tr.log_every), int(tr.eval_every), int(tr.checkpoint_every)
-        main_split = "valid" if self.data is not None else "test"
-        bar = None
-        if self.interactive and self.step < steps:
-            from tqdm import tqdm
-            bar = tqdm(total=steps, initial=self.step, dynamic_ncols=True, desc=self.estimator.name)
-        status, error = "completed", None
-        t_mark, step_mark, paused = time.perf_counter(), self.step, 0.0
-        t_session = time.perf_counter()
-        elapsed0 = self.elapsed
-        eval_s = 0.0
-        final: dict[str, float] = {}
-        try:
+        steps, every = int(self.cfg.train.steps), self._periods()
+        with self._logs() as logs, self._guard() as run:
             if not resumed and self.step == 0:
-                metrics.log(0, 0, 0.0, main_split, self.evaluate(main_split, [int(cfg.eval.samples)]))
-                if grad_log is not None:
-                    diag_s += probe()
-                t_mark = time.perf_counter()
+                self.evaluate_phase(logs)
+                self.probe_phase(logs)
+                self.clock.mark(self.step)
             while self.step < steps:
                 x = self.next_batch()
-                loss, stats = self.train_step(x)
-                self.step += 1
+                self.account(*self.train_step(x))
                 s = self.step
-                if loss is not None:
-                    self._loss_sum += loss
-                    self._n_sum += 1
-                    self._losses.append((s, loss))
-                    if len(self._losses) >= LOSS_CHECK:
-                        self._check_losses()
-                wall = elapsed0 + time.perf_counter() - t_session
-                if s % log_every == 0 or s == steps:
-                    # the host syncs of a step happen only here: the loss and parameter checks
-                    # and the mean loss of the interval
-                    self.check_finite()
-                    mean_loss = (self._loss_sum / self._n_sum).item() if self._n_sum else math.nan
-                    now = time.perf_counter()
-                    # steps_per_s counts training time only: evals, probes, checkpoints excluded
-                    rate = (s - step_mark) / max(now - t_mark - paused, 1e-9)
-                    t_mark, step_mark, paused = now, s, 0.0
-                    values = {"loss": mean_loss, "hard_loss": self.hard_loss(x),
-                              "evals": self.estimator.evals,
-                              "steps_per_s": rate, **self.estimator.scalars(),
-                              **{k: v.item() for k, v in stats.items()}}
-                    if self.skip_nan:
-                        values["skipped_steps"] = self.skipped
-                    metrics.log(s, self.batches.epoch, wall, "train", values)
-                    self._loss_sum.zero_()
-                    self._n_sum = 0
-                    msg = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "evals")
-                    if bar is not None:
-                        bar.update(s - bar.n)
-                        bar.set_postfix_str(msg)
-                    else:
-                        log.info("step %d/%d %s", s, steps, msg)
-                t_other = time.perf_counter()
-                if s % eval_every == 0 and s != steps:
-                    t0 = time.perf_counter()
-                    ev = self.evaluate(main_split, [int(cfg.eval.samples)])
-                    eval_s += time.perf_counter() - t0
-                    metrics.log(s, self.batches.epoch, wall, main_split, ev)
-                    if not all(math.isfinite(v) for v in ev.values()):
-                        raise Diverged(s, f"{main_split} metrics")
-                    log.info("step %d %s %s", s, main_split,
-                             " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
-                if grad_log is not None and s % diag_every == 0:
-                    diag_s += probe()
-                if s % ckpt_every == 0 and s != steps:
-                    self.check_finite()          # never checkpoint non-finite parameters
-                    self.elapsed = elapsed0 + time.perf_counter() - t_session
-                    self.save()
-                paused += time.perf_counter() - t_other
+                if s % every["log"] == 0 or s == steps:
+                    self.log_phase(logs, x)
+                with self.clock.paused():       # not training time: excluded from steps_per_s
+                    if s % every["eval"] == 0 and s != steps:
+                        self.evaluate_phase(logs)
+                    if s % every["probe"] == 0:
+                        self.probe_phase(logs)
+                    if s % every["checkpoint"] == 0 and s != steps:
+                        self.checkpoint_phase()
                 if self._signal is not None:
                     raise Interrupted(self._signal)
-            if bar is not None:
-                bar.close()
-            self.check_finite()
-            # final evaluation
-            t0 = time.perf_counter()
-            self.elapsed = elapsed0 + time.perf_counter() - t_session
-            samples_list = [int(cfg.eval.samples)]
-            if int(cfg.eval.final_samples) > 0 and self.data is not None:
-                samples_list.append(int(cfg.eval.final_samples))
-            splits = {"valid": samples_list[:1], "test": samples_list} if self.data is not None \
-                else {"test": samples_list}
-            for split, samples in splits.items():
-                ev = self.evaluate(split, samples)
-                metrics.log(self.step, self.batches.epoch, self.elapsed, split, ev)
+            run.final = self.final_phase(logs)
+        return run.summary
+
+    # --- the phases of fit ------------------------------------------------------------------------
+    def _periods(self) -> dict[str, int]:
+        tr, never = self.cfg.train, 1 << 62
+        return {"log": int(tr.log_every), "eval": int(tr.eval_every),
+                "checkpoint": int(tr.checkpoint_every),
+                "probe": int(self.cfg.diagnostics.every) if self.probe is not None else never}
+
+    def account(self, loss: torch.Tensor | None, stats: dict) -> None:
+        """After a step: count it, keep its loss on the device (summed for the log interval, and
+        checked for NaN every LOSS_CHECK steps), keep its stats for the next log."""
+        self.step += 1
+        self._stats = stats
+        if loss is not None:
+            self._loss_sum += loss
+            self._n_sum += 1
+            self._losses.append((self.step, loss))
+            if len(self._losses) >= LOSS_CHECK:
+                self._check_losses()
+
+    def log_phase(self, logs, x: torch.Tensor) -> None:
+        """Train metrics of the interval since the last log. The host syncs of training happen
+        only here: the loss and parameter checks and the mean loss of the interval."""
+        s, wall = self.step, self.clock.elapsed()
+        self.check_finite()
+        mean_loss = (self._loss_sum / self._n_sum).item() if self._n_sum else math.nan
+        values = {"loss": mean_loss, "hard_loss": None, "evals": self.estimator.evals,
+                  "steps_per_s": self.clock.rate(s), **self.estimator.scalars(),
+                  **{k: v.item() for k, v in self._stats.items()}}
+        values["hard_loss"] = self.hard_loss(x)        # after the rate: counted as training time
+        if self.skip_nan:
+            values["skipped_steps"] = self.skipped
+        logs.metrics.log(s, self.batches.epoch, wall, "train", values)
+        self._loss_sum.zero_()
+        self._n_sum = 0
+        msg = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "evals")
+        if logs.bar is not None:
+            logs.bar.update(s - logs.bar.n)
+            logs.bar.set_postfix_str(msg)
+        else:
+            log.info("step %d/%d %s", s, int(self.cfg.train.steps), msg)
+
+    def evaluate_phase(self, logs) -> None:
+        """The periodic evaluation of the main split (valid; the toy: test) with eval.samples."""
+        split = "valid" if self.data is not None else "test"
+        wall = self.clock.elapsed()
+        with self.clock.timed("eval"):
+            ev = self.evaluate(split, [int(self.cfg.eval.samples)])
+        logs.metrics.log(self.step, self.batches.epoch, wall if self.step else 0.0, split, ev)
+        if not all(math.isfinite(v) for v in ev.values()):
+            raise Diverged(self.step, f"{split} metrics")
+        if self.step:
+            log.info("step %d %s %s", self.step, split, " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+
+    def probe_phase(self, logs) -> None:
+        if self.probe is None:
+            return
+        with self.clock.timed("diagnostics"):
+            logs.grads.write(self.probe.run(self.step))
+
+    def checkpoint_phase(self) -> None:
+        self.check_finite()                    # never checkpoint non-finite parameters
+        self.elapsed = self.clock.elapsed()
+        self.save()
+
+    def final_phase(self, logs) -> dict[str, float]:
+        """The final evaluation (valid, and test with eval.final_samples too) and checkpoint."""
+        if logs.bar is not None:
+            logs.bar.close()
+        self.check_finite()
+        final: dict[str, float] = {}
+        with self.clock.timed("eval"):
+            self.elapsed = self.clock.elapsed()
+            samples = [int(self.cfg.eval.samples)]
+            if int(self.cfg.eval.final_samples) > 0 and self.data is not None:
+                samples.append(int(self.cfg.eval.final_samples))
+            splits = {"valid": samples[:1], "test": samples} if self.data is not None \
+                else {"test": samples}
+            for split, ss in splits.items():
+                ev = self.evaluate(split, ss)
+                logs.metrics.log(self.step, self.batches.epoch, self.elapsed, split, ev)
                 final.update({f"{split}/{k}": v for k, v in ev.items()})
                 if not all(math.isfinite(v) for v in ev.values()):
                     raise Diverged(self.step, f"final {split} metrics")
-            eval_s += time.perf_counter() - t0
-            self.elapsed = elapsed0 + time.perf_counter() - t_session
-            self.save()
+        self.elapsed = self.clock.elapsed()
+        self.save()
+        return final
+
+    @contextlib.contextmanager
+    def _logs(self):
+        """The open logs of a session: metrics.csv, grad_stats.csv, the progress bar."""
+        from types import SimpleNamespace
+        logs = SimpleNamespace(bar=None, grads=None, metrics=MetricsLog(
+            self.out / "metrics.csv", tensorboard=bool(self.cfg.logger.tensorboard)))
+        try:
+            if self.probe is not None:
+                from .diagnostics import GRAD_STATS_HEADER
+                logs.grads = CSVLog(self.out / "grad_stats.csv", GRAD_STATS_HEADER)
+            steps = int(self.cfg.train.steps)
+            if self.interactive and self.step < steps:
+                from tqdm import tqdm
+                logs.bar = tqdm(total=steps, initial=self.step, dynamic_ncols=True,
+                                desc=self.estimator.name)
+            yield logs
+        finally:
+            logs.metrics.close()
+            if logs.grads is not None:
+                logs.grads.close()
+            if logs.bar is not None:
+                logs.bar.close()
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Signals in, status out: a divergence or an interruption ends the run with that status
+        (an interruption writes a checkpoint of finite parameters, then passes the signal on, e.g.
+        to submitit's requeue); any other error is recorded as ``failed`` and re-raised. The
+        summary is written to summary.json in every case."""
+        run = SimpleRun()
+        self.clock = Stopwatch(self.elapsed, self.step)
+        previous = self._install_signals()
+        status, error = "completed", None
+        try:
+            yield run
         except Diverged as e:
             status, error = "diverged", {"step": e.step, "quantity": e.quantity, "message": str(e)}
             log.error("run diverged: %s", e)
         except (KeyboardInterrupt, Interrupted) as e:
             sig = e.signum if isinstance(e, Interrupted) else signal.SIGINT
             status, error = "interrupted", {"step": self.step, "signal": signal.Signals(sig).name}
-            self.elapsed = elapsed0 + time.perf_counter() - t_session
+            self.elapsed = self.clock.elapsed()
             try:
                 self.check_finite()
                 healthy = True
@@ -680,25 +769,22 @@ class Trainer:
                 log.warning("interrupted by %s at step %d; the parameters are not finite, so no "
                             "checkpoint was written", signal.Signals(sig).name, self.step)
         except Exception as e:  # noqa: BLE001 - recorded, then re-raised
-            status, error = "failed", {"step": self.step, "message": repr(e)}
-            write_json(summary_path, self.summary(status, final, error, eval_s, diag_s))
+            error = {"step": self.step, "message": repr(e)}
+            write_json(self.out / "summary.json", self._summary_now("failed", run.final, error))
             raise
-        finally:
-            metrics.close()
-            if grad_log is not None:
-                grad_log.close()
-            if bar is not None:
-                bar.close()
-        for sig, handler in previous_handlers.items():
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
-        summary = self.summary(status, final, error, eval_s, diag_s)
-        write_json(summary_path, summary)
+        run.summary = self._summary_now(status, run.final, error)
+        write_json(self.out / "summary.json", run.summary)
         if status == "interrupted" and self._signal is not None:
-            handler = previous_handlers.get(self._signal)
+            handler = previous.get(self._signal)
             if callable(handler):           # e.g. submitit's: requeue the job
                 handler(self._signal, None)
             raise SystemExit(128 + int(self._signal))
-        return summary
+
+    def _summary_now(self, status: str, final: dict, error) -> dict:
+        return self.summary(status, final, error, self.clock.seconds["eval"],
+                            self.clock.seconds["diagnostics"])
 
     def summary(self, status: str, final: dict, error, eval_s: float, diag_s: float = 0.0) -> dict:
         m = self.model
