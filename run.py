@@ -5,10 +5,17 @@ creates the run folder; :func:`experiment.train.main` does the rest.
 """
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from experiment.config import register_configs
+if __name__ == "__main__" and any(a in ("--help", "-h") for a in sys.argv[1:]):
+    from experiment.config import help_text      # ours: no internal schema groups, no torch import
+    print(help_text())
+    sys.exit(0)
+
+from experiment.config import register_configs  # noqa: E402
 
 register_configs()
 
@@ -20,9 +27,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    import sys
-    if any(a in ("--help", "-h") for a in sys.argv[1:]):   # ours: no internal schema groups
-        from experiment.config import help_text
-        print(help_text())
-        sys.exit(0)
     main()

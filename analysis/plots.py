@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-ORDER = ["st", "reinforce", "gumbel", "st_gumbel", "arm", "disarm", "rloo", "vimco", "muprop",
-         "rebar", "relax", "reinmax", "gst", "gumbel_rao", "exact"]
+from estimators import REGISTRY  # noqa: E402
+
+ORDER = list(REGISTRY)          # registration order (estimators/__init__.py): one colour each
 STYLES = ["-", "--", ":", "-."]
 # (split, metric, sign, axis label): the curve that measures each model's progress
 PROGRESS = [("valid", "elbo", -1.0, "valid negative ELBO (nats)"),

@@ -5,22 +5,23 @@ registry; ``REGISTRY`` maps names to classes (with their declared kinds and unbi
 """
 from __future__ import annotations
 
-from .base import (KINDS, REGISTRY, ConfigError, Estimate, Estimator, hard_sample, log_prob,
-                   probs, uniform)
-from . import straight_through, reinforce, relaxed  # noqa: F401  (registration)
-from . import arm, exact, gst, gumbel_rao, muprop, reinmax, rloo  # noqa: F401  (registration)
-from .relaxed import TauSchedule
-from . import rebar, relax, vimco  # noqa: F401,E402  (registration: REBAR, RELAX, VIMCO)
-
+from .base import (KINDS, REGISTRY, ConfigError, Estimate, Estimator, build, config_schema,
+                   hard_sample, log_prob, probs, uniform)
+# registration order = the order of tables and plot colours
+from . import straight_through, reinforce, relaxed, arm, rloo, vimco  # noqa: F401,E402
+from . import muprop, rebar, relax, reinmax, gst, gumbel_rao, exact  # noqa: F401,E402
+from .relaxed import TauSchedule  # noqa: E402
 
 def build_estimator(cfg, kind: str, latent_shape) -> Estimator:
-    name = str(cfg.name)
+    """The estimator of config node ``cfg`` (``estimator``: name and settings, a DictConfig or a
+    dict) for latents of ``kind`` and ``latent_shape``."""
+    from omegaconf import DictConfig, OmegaConf
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) \
+        if isinstance(cfg, DictConfig) else dict(cfg)
+    name = str(config.get("name"))
     if name not in REGISTRY:
-        raise ConfigError(f"unknown estimator {name!r}; accepted: {', '.join(sorted(REGISTRY))}")
-    cls = REGISTRY[name]
-    if hasattr(cls, "from_config"):
-        return cls.from_config(cfg, kind, tuple(latent_shape))
-    return cls(kind, tuple(latent_shape), samples=cfg.samples)
+        raise ConfigError(f"unknown estimator {name!r}; accepted: {', '.join(REGISTRY)}")
+    return build(REGISTRY[name], config, kind, latent_shape)
 
 
 __all__ = ["KINDS", "REGISTRY", "ConfigError", "Estimate", "Estimator", "TauSchedule",

@@ -16,7 +16,11 @@ Latent kinds and shapes
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
+import inspect
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -291,6 +295,47 @@ def register(cls: type[Estimator]) -> type[Estimator]:
         raise RuntimeError(f"bad or duplicate estimator name {cls.name!r}")
     REGISTRY[cls.name] = cls
     return cls
+
+
+def settings(cls: type[Estimator]) -> dict[str, tuple[type, object]]:
+    """The estimator's settings: the keyword arguments of its constructor after (kind,
+    latent_shape), as {name: (type, default)}. The constructor is where they are written, once."""
+    hints = typing.get_type_hints(cls.__init__)
+    out = {}
+    for name, p in list(inspect.signature(cls.__init__).parameters.items())[3:]:
+        if p.default is inspect.Parameter.empty or name not in hints:
+            raise TypeError(f"{cls.__name__}.__init__: setting {name!r} needs a type annotation and "
+                            "a default (they make the config schema)")
+        out[name] = (hints[name], p.default)
+    return out
+
+
+def config_schema(cls: type[Estimator]) -> type:
+    """The structured-config schema of ``estimator=NAME``, derived from the class: ``name`` plus
+    every constructor setting with its type and default. A ``Literal[...]`` setting becomes an
+    Enum (Hydra then lists the accepted values); a dataclass setting (TauSchedule) a nested node."""
+    fields = [("name", str, field(default=cls.name))]
+    for name, (tp, default) in settings(cls).items():
+        if typing.get_origin(tp) is typing.Literal:
+            tp = enum.Enum(f"{cls.__name__}_{name}", {v: v for v in typing.get_args(tp)})
+            default = tp[default]
+        if dataclasses.is_dataclass(tp):
+            fields.append((name, tp, field(default_factory=lambda d=default: dataclasses.replace(d))))
+        else:
+            fields.append((name, tp, field(default=default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
+
+
+def build(cls: type[Estimator], config: dict, kind: str, latent_shape) -> Estimator:
+    """The one construction path: ``config`` (plain values: enums as their names, nested nodes as
+    dicts) -> constructor arguments. The constructor validates its own arguments."""
+    kwargs = {}
+    for name, (tp, _) in settings(cls).items():
+        if name in config:
+            value = config[name]
+            kwargs[name] = tp(**value) if dataclasses.is_dataclass(tp) and isinstance(value, dict) \
+                else value
+    return cls(kind, tuple(latent_shape), **kwargs)
 
 
 def is_number(value) -> bool:

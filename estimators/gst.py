@@ -34,15 +34,11 @@ class GST(_Relaxed):
     kinds = ("categorical",)
     relaxed = False            # f sees the exact one-hot sample
 
-    def __init__(self, kind, latent_shape, samples: int = 1, tau: TauSchedule | None = None,
+    def __init__(self, kind, latent_shape, samples: int = 1, tau: TauSchedule = TauSchedule(),
                  gap: float = 1.0):
         super().__init__(kind, latent_shape, samples, tau)
         self.gap = check_positive("estimator.gap", gap)
 
-    @classmethod
-    def from_config(cls, cfg, kind, latent_shape):
-        return cls(kind, latent_shape, samples=cfg.samples, tau=TauSchedule.from_config(cfg.tau),
-                   gap=cfg.gap)
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
         D = hard_sample(logits, self.kind, u)                         # [S, B, n, K]

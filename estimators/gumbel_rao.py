@@ -62,17 +62,13 @@ class GumbelRao(_Relaxed):
     name = "gumbel_rao"
     relaxed = False            # f sees the exact hard sample
 
-    def __init__(self, kind, latent_shape, samples: int = 1, tau: TauSchedule | None = None,
+    def __init__(self, kind, latent_shape, samples: int = 1, tau: TauSchedule = TauSchedule(),
                  mc_samples: int = 10):
         super().__init__(kind, latent_shape, samples, tau)
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ConfigError(f"estimator.mc_samples={mc_samples} is invalid: it must be an integer >= 1")
         self.mc_samples = int(mc_samples)
 
-    @classmethod
-    def from_config(cls, cfg, kind, latent_shape):
-        return cls(kind, latent_shape, samples=cfg.samples, tau=TauSchedule.from_config(cfg.tau),
-                   mc_samples=cfg.mc_samples)
 
     def noise_shape(self, logits_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.samples * (1 + self.mc_samples), *logits_shape)

@@ -87,8 +87,8 @@ class Rebar(Estimator):
     relaxed = True           # f is also evaluated at relaxed samples (the control variate);
                              # the reported loss is f(b) at the exact samples
 
-    def __init__(self, kind, latent_shape, samples=1, tau_init: float = 0.5, eta_init: float = 1.0,
-                 learn: bool = True):
+    def __init__(self, kind, latent_shape, samples: int = 1, tau_init: float = 0.5,
+                 eta_init: float = 1.0, learn: bool = True):
         super().__init__(kind, latent_shape, samples)
         if not (isinstance(tau_init, (int, float)) and math.isfinite(tau_init)
                 and 1e-3 <= tau_init <= 1e3):
@@ -99,11 +99,6 @@ class Rebar(Estimator):
         self.learn = bool(learn)
         self.log_tau = nn.Parameter(torch.tensor(math.log(float(tau_init))), requires_grad=self.learn)
         self.eta = nn.Parameter(torch.tensor(float(eta_init)), requires_grad=self.learn)
-
-    @classmethod
-    def from_config(cls, cfg, kind, latent_shape):
-        return cls(kind, latent_shape, samples=cfg.samples, tau_init=float(cfg.tau_init),
-                   eta_init=float(cfg.eta_init), learn=bool(cfg.learn))
 
     @property
     def evals(self) -> int:

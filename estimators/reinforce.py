@@ -22,6 +22,8 @@ eq. 8), which is independent of z_s and keeps the estimator unbiased:
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -36,8 +38,9 @@ class Reinforce(Estimator):
     name = "reinforce"
     unbiased = True
 
-    def __init__(self, kind, latent_shape, samples=1, baseline="none", ema_decay=0.99,
-                 baseline_hidden=100):
+    def __init__(self, kind, latent_shape, samples: int = 1,
+                 baseline: Literal["none", "ema", "learned"] = "none", ema_decay: float = 0.99,
+                 baseline_hidden: int = 100):
         super().__init__(kind, latent_shape, samples)
         if baseline not in BASELINES:
             raise ConfigError(f"estimator.baseline={baseline!r} is invalid; accepted: {', '.join(BASELINES)}")
@@ -60,11 +63,6 @@ class Reinforce(Estimator):
                                      nn.Linear(int(baseline_hidden), 1))
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)
-
-    @classmethod
-    def from_config(cls, cfg, kind, latent_shape):
-        return cls(kind, latent_shape, samples=cfg.samples, baseline=getattr(cfg.baseline, "value", cfg.baseline),
-                   ema_decay=cfg.ema_decay, baseline_hidden=cfg.baseline_hidden)
 
     @property
     def adaptive(self) -> bool:

@@ -51,9 +51,10 @@ class ReinMax(Tempered, Estimator):
     schedule_attr = "tau_schedule"   # not `schedule`: diagnostics share that with gumbel's
     unbiased = False
 
-    def __init__(self, kind, latent_shape, samples: int = 1, tau: TauSchedule | None = None):
+    def __init__(self, kind, latent_shape, samples: int = 1,
+                 tau: TauSchedule = TauSchedule(init=1.0, min=1.0, rate=0.0)):
         super().__init__(kind, latent_shape, samples)
-        sched = tau or TauSchedule(init=1.0, min=1.0, rate=0.0, every=1)
+        sched = tau
         for key in ("init", "min"):
             value = getattr(sched, key)
             if value < 1.0:
@@ -62,10 +63,6 @@ class ReinMax(Tempered, Estimator):
                     "temperature >= 1 (Liu et al. 2023, section 5); e.g. estimator.tau.init=1.3 "
                     "estimator.tau.min=1.3")
         self._init_schedule(sched)
-
-    @classmethod
-    def from_config(cls, cfg, kind, latent_shape):
-        return cls(kind, latent_shape, samples=cfg.samples, tau=TauSchedule.from_config(cfg.tau))
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
         D = hard_sample(logits, self.kind, u)                       # [S, B, ...]

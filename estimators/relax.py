@@ -39,8 +39,8 @@ from .rebar import Rebar
 class Relax(Rebar):
     name = "relax"
 
-    def __init__(self, kind, latent_shape, samples=1, tau_init: float = 0.5, eta_init: float = 1.0,
-                 learn: bool = True, hidden: int = 100):
+    def __init__(self, kind, latent_shape, samples: int = 1, tau_init: float = 0.5,
+                 eta_init: float = 1.0, learn: bool = True, hidden: int = 100):
         super().__init__(kind, latent_shape, samples, tau_init=tau_init, eta_init=eta_init,
                          learn=learn)
         if not (isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1):
@@ -51,11 +51,6 @@ class Relax(Rebar):
         nn.init.zeros_(self.net[-1].bias)
         if not self.learn:
             self.net.requires_grad_(False)
-
-    @classmethod
-    def from_config(cls, cfg, kind, latent_shape):
-        return cls(kind, latent_shape, samples=cfg.samples, tau_init=float(cfg.tau_init),
-                   eta_init=float(cfg.eta_init), learn=bool(cfg.learn), hidden=int(cfg.hidden))
 
     def _extra_cv(self, own: dict[str, Tensor], z: Tensor) -> Tensor:
         params = {k[len("net."):]: v for k, v in own.items() if k.startswith("net.")}

@@ -26,8 +26,11 @@ from .base import (ConfigError, Estimate, Estimator, Objective, Tempered, check_
                    gumbel_noise, is_number, logistic_noise, one_hot, register, step_log_prob)
 
 
-@dataclass(frozen=True)
+@dataclass
 class TauSchedule:
+    """tau(step) = max(min, init * exp(-rate * step')), step' = step rounded down to a multiple
+    of ``every``. Also the schema of the ``estimator.tau`` config node (its defaults, its types)."""
+
     init: float = 1.0
     min: float = 0.5
     rate: float = 1e-4
@@ -66,13 +69,10 @@ def relaxed_sample(logits: Tensor, kind: str, u: Tensor, tau: float | Tensor,
 class _Relaxed(Tempered, Estimator):
     relaxed = True
 
-    def __init__(self, kind, latent_shape, samples=1, tau: TauSchedule | None = None):
+    def __init__(self, kind, latent_shape, samples: int = 1, tau: TauSchedule = TauSchedule()):
         super().__init__(kind, latent_shape, samples)
-        self._init_schedule(tau or TauSchedule())
+        self._init_schedule(tau)
 
-    @classmethod
-    def from_config(cls, cfg, kind, latent_shape):
-        return cls(kind, latent_shape, samples=cfg.samples, tau=TauSchedule.from_config(cfg.tau))
 
 
 @register

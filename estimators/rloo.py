@@ -25,6 +25,4 @@ class RLOO(Reinforce):
                 f"estimator.samples={samples} is invalid for rloo: the leave-one-out baseline needs "
                 "at least 2 samples (use estimator.samples=2 or more, or estimator=reinforce)")
 
-    @classmethod
-    def from_config(cls, cfg, kind, latent_shape):
-        return cls(kind, latent_shape, samples=cfg.samples)
+

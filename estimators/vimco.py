@@ -60,7 +60,7 @@ class Vimco(Estimator):
     objective = "multisample"      # the target is the S-sample bound of -f, not E_q[f]
     loss_quantity = "the S-sample bound"
 
-    def __init__(self, kind, latent_shape, samples=5):
+    def __init__(self, kind, latent_shape, samples: int = 5):
         if isinstance(samples, int) and not isinstance(samples, bool) and samples == 1:
             raise ConfigError("estimator 'vimco' needs estimator.samples >= 2 (its baselines leave one "
                               "of S samples out); got estimator.samples=1")

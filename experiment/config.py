@@ -50,12 +50,6 @@ class Binarize(Enum):
     none = "none"          # grey levels k/256 (the attention classifier's input)
 
 
-class Baseline(Enum):
-    none = "none"
-    ema = "ema"
-    learned = "learned"
-
-
 class Resume(Enum):
     auto = "auto"
     never = "never"
@@ -73,63 +67,8 @@ class Progress(Enum):
 
 
 # --- estimators ------------------------------------------------------------------------------
-@dataclass
-class TauConfig:
-    init: float = 1.0
-    min: float = 0.5
-    rate: float = 1e-4
-    every: int = 1000
-
-
-@dataclass
-class EstimatorConfig:
-    name: str = MISSING
-    samples: int = 1
-
-
-@dataclass
-class ReinforceConfig(EstimatorConfig):
-    name: str = "reinforce"
-    baseline: Baseline = Baseline.none
-    ema_decay: float = 0.99
-    baseline_hidden: int = 100
-
-
-@dataclass
-class RelaxedConfig(EstimatorConfig):
-    tau: TauConfig = field(default_factory=TauConfig)
-
-
-@dataclass
-class GumbelRaoConfig(RelaxedConfig):
-    name: str = "gumbel_rao"
-    mc_samples: int = 10       # conditional Gumbel draws per sample (Paulus et al. 2021)
-
-
-@dataclass
-class GSTConfig(RelaxedConfig):
-    name: str = "gst"
-    gap: float = 1.0           # GST-1.0 (Fan et al. 2022)
-
-
-@dataclass
-class RebarConfig(EstimatorConfig):
-    name: str = "rebar"
-    tau_init: float = 0.5      # initial temperature of the learned relaxation, in [1e-3, 1e3]
-    eta_init: float = 1.0      # initial scale of the control variate
-    learn: bool = True         # train eta, tau (and RELAX's net) by minimising the variance
-
-
-@dataclass
-class RelaxConfig(RebarConfig):
-    name: str = "relax"
-    hidden: int = 100          # hidden units of RELAX's control-variate net r_rho(z)
-
-
-@dataclass
-class VimcoConfig(EstimatorConfig):
-    name: str = "vimco"
-    samples: int = 5           # S >= 2 samples of the multi-sample bound
+# No schema here: each estimator's schema (its settings, types and defaults) is derived from its
+# constructor (estimators.base.config_schema) and stored as /schema/estimator/NAME.
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -272,8 +211,9 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("run_id", lambda: RUN_ID)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for name, node in SCHEMAS.items():
-        cs.store(group="schema/estimator", name=name, node=node)
+    from estimators import REGISTRY, config_schema
+    for name, cls in REGISTRY.items():
+        cs.store(group="schema/estimator", name=name, node=config_schema(cls))
     cs.store(group="schema/model", name="toy", node=ToyConfig)
     cs.store(group="schema/model", name="vae", node=VAEConfig)
     cs.store(group="schema/model", name="attention", node=AttentionConfig)
@@ -281,21 +221,16 @@ def register_configs() -> None:
     cs.store(group="schema/data", name="canvas", node=CanvasDataConfig)
 
 
-SCHEMAS = {"base": EstimatorConfig, "reinforce": ReinforceConfig, "relaxed": RelaxedConfig,
-           "rebar": RebarConfig, "relax": RelaxConfig, "vimco": VimcoConfig,
-           "gumbel_rao": GumbelRaoConfig, "gst": GSTConfig}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def estimator_defaults(name: str):
     """The config of ``estimator=NAME`` as Hydra composes it (its YAML in configs/estimator/ over
     its schema), without Hydra: used to build the diagnostics' comparators and references."""
+    from estimators import REGISTRY, config_schema
     raw = OmegaConf.load(CONFIG_DIR / "estimator" / f"{name}.yaml")
-    schema = "base"
-    for entry in raw.pop("defaults", []):
-        if isinstance(entry, str) and entry.startswith("/schema/estimator/"):
-            schema = entry[len("/schema/estimator/"):].split("@")[0]
-    return OmegaConf.merge(OmegaConf.structured(SCHEMAS[schema]), raw)
+    raw.pop("defaults", None)
+    return OmegaConf.merge(OmegaConf.structured(config_schema(REGISTRY[name])), raw)
 
 
 def _summary(path: Path) -> str:

@@ -41,14 +41,7 @@ def validate(cfg) -> None:
     if kind not in kinds:
         raise ConfigError(f"estimator '{est.name}' cannot train model '{model.name}' with {kind} "
                           f"latents: it supports {', '.join(kinds)} latents only")
-    _int_at_least("estimator.samples", est.samples, 1)
-    _validate_multisample_and_learned_cv(cfg)
-    if "tau" in est:
-        _positive("estimator.tau.init", est.tau.init)
-        _positive("estimator.tau.min", est.tau.min)
-        if not (math.isfinite(est.tau.rate) and est.tau.rate >= 0):
-            raise ConfigError(f"estimator.tau.rate={est.tau.rate} is invalid: it must be a finite number >= 0")
-        _int_at_least("estimator.tau.every", est.tau.every, 1)
+    _validate_objective_pairing(cfg)
     _int_at_least("train.steps", train.steps, 0)
     _int_at_least("train.batch_size", train.batch_size, 1)
     _positive("train.lr", train.lr)
@@ -88,6 +81,19 @@ def validate(cfg) -> None:
     if model.name != "toy" and sizes and d.batch_size is not None and d.batch_size > sizes["train"]:
         raise ConfigError(f"diagnostics.batch_size={d.batch_size} is larger than the training set "
                           f"of data={cfg.data.name} ({sizes['train']} examples)")
+    _build_estimator(cfg)
+
+
+def _build_estimator(cfg) -> None:
+    """The estimator's own settings are checked by its constructor, the one validator of its own
+    arguments: build it (on the model's latent shape, e.g. for exact's enumeration limit), with
+    the global random stream left as it was."""
+    import torch
+    from estimators import build_estimator
+    from .train import build_model         # here: train imports this module
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg)
+        build_estimator(cfg.estimator, model.kind, model.latent_shape)
 
 
 def _validate_attention_and_canvas(cfg) -> None:
@@ -131,22 +137,11 @@ def _validate_attention_and_canvas(cfg) -> None:
     _int_at_least("model.hidden", model.hidden, 1)
 
 
-def _validate_multisample_and_learned_cv(cfg) -> None:
-    """REBAR/RELAX keys, VIMCO's S >= 2, and the pairing of the VAE's training objective
-    (model.objective: elbo | iwae) with the estimator's target (E_q[f] or the S-sample bound)."""
+def _validate_objective_pairing(cfg) -> None:
+    """The pairing of the VAE's training objective (model.objective: elbo | iwae) with the
+    estimator's target (E_q[f] or the S-sample bound), and of diagnostics with that target."""
     est, model = cfg.estimator, cfg.model
     multisample = REGISTRY[est.name].objective == "multisample"
-    if multisample and est.samples < 2:
-        raise ConfigError(f"estimator.samples={est.samples} is invalid for estimator '{est.name}': "
-                          "its leave-one-out baselines need an integer >= 2")
-    if "tau_init" in est:
-        t = est.tau_init
-        if not (isinstance(t, (int, float)) and math.isfinite(t) and 1e-3 <= t <= 1e3):
-            raise ConfigError(f"estimator.tau_init={t} is invalid: it must be a number in [0.001, 1000]")
-    if "eta_init" in est and not math.isfinite(est.eta_init):
-        raise ConfigError(f"estimator.eta_init={est.eta_init} is invalid: it must be a finite number")
-    if "hidden" in est:
-        _int_at_least("estimator.hidden", est.hidden, 1)
     if model.name == "vae" and "objective" in model:
         objective = plain(model.objective)
         if objective == "iwae" and not multisample:
