@@ -185,3 +185,15 @@ def test_help_names_the_app_and_every_option_and_no_internal_group():
     for name in [*REGISTRY, "toy", "vae", "attention", "mnist", "tucker_toy_045"]:
         assert any(line.split()[:1] == [name] for line in lines), name
     assert "schema" not in r.stdout and "powered by Hydra" not in r.stdout
+
+
+@pytest.mark.parametrize("preset, gpus", [("slurm_gpu", 1), ("slurm_cpu", 0)])
+def test_launcher_presets_compose_to_submitit_slurm(preset, gpus):
+    from hydra import compose, initialize_config_dir
+    from experiment.config import CONFIG_DIR, register_configs
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={preset}", "model=toy"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == gpus
