@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import inspect
 import math
 import typing
@@ -310,6 +311,7 @@ def settings(cls: type[Estimator]) -> dict[str, tuple[type, object]]:
     return out
 
 
+@functools.cache          # one schema (and one Enum per Literal setting) per class
 def config_schema(cls: type[Estimator]) -> type:
     """The structured-config schema of ``estimator=NAME``, derived from the class: ``name`` plus
     every constructor setting with its type and default. A ``Literal[...]`` setting becomes an
