@@ -36,5 +36,5 @@ def build_estimator(cfg, kind: str, latent_shape) -> Estimator:
     return build(REGISTRY[name], config, kind, latent_shape)
 
 
-__all__ = ["KINDS", "REGISTRY", "ConfigError", "Estimate", "Estimator", "TauSchedule",
-           "build_estimator", "hard_sample", "log_prob", "probs", "uniform"]
+__all__ = ["KINDS", "REGISTRY", "ConfigError", "Estimate", "Estimator", "TauSchedule", "build",
+           "build_estimator", "config_schema", "hard_sample", "log_prob", "probs", "uniform"]

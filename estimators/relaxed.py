@@ -44,11 +44,6 @@ class TauSchedule:
         if not (isinstance(self.every, int) and not isinstance(self.every, bool) and self.every >= 1):
             raise ConfigError(f"estimator.tau.every={self.every} is invalid: it must be an integer >= 1")
 
-    @classmethod
-    def from_config(cls, t) -> "TauSchedule":
-        """From the ``estimator.tau`` config node (init, min, rate, every)."""
-        return cls(float(t.init), float(t.min), float(t.rate), int(t.every))
-
     def __call__(self, step: int) -> float:
         anchor = (int(step) // int(self.every)) * int(self.every)
         return max(self.min, self.init * math.exp(-self.rate * anchor))
