@@ -361,8 +361,11 @@ class Probe:
             gid = gid_all[i:i + nb]
             for n, v in g.items():
                 v = v.expand(nb, *params[n].shape)
-                gsum[n].index_add_(0, gid, v.double())
-                gsq[n].index_add_(0, gid, v.reshape(nb, -1).double().square().sum(1))
+                # group sums of this chunk in float32 (a few estimates each), added in float64:
+                # no float64 copy of the [chunk, P] gradients
+                part = v.new_zeros((gsum[n].shape[0], *params[n].shape)).index_add_(0, gid, v)
+                gsum[n] += part
+                gsq[n].index_add_(0, gid, v.reshape(nb, -1).square().sum(1, dtype=torch.float64))
                 mb = v.mean(0)
                 # out of place: a gradient that does not depend on u (e.g. the exact estimator's)
                 # comes back from vmap as an expanded view, which cannot be written in place
