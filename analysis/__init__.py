@@ -1,7 +1,4 @@
-"""Post-processing of run folders: runs -> tidy DataFrames -> plots, tables and a report.
-
-``python -m analysis PATH [--out DIR]``.
-"""
-from .runs import Collection, collect, find_runs, read_run
-
-__all__ = ["Collection", "collect", "find_runs", "read_run"]
+"""Checkout shortcut: ``python -m analysis PATH`` (and ``python -m analysis.attention_maps``) in a
+clone of the repository run :mod:`discograd.analysis`. Not installed: once installed, the same
+commands are ``discograd-analysis PATH`` and ``python -m discograd.analysis.attention_maps``."""
+from discograd.analysis import *  # noqa: F401,F403

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def device_of(name: str) -> torch.device:
     """``auto`` | ``cpu`` | ``cuda``, resolved as the harness's ``device=`` key is."""
-    from experiment.train import pick_device
+    from discograd.experiment.train import pick_device
     return pick_device(name)
 
 
@@ -75,5 +75,5 @@ def describe(device: torch.device) -> str:
 
 def compose(overrides: list[str]):
     """The run config that ``python run.py OVERRIDES`` would use (Hydra's compose API)."""
-    from experiment.config import compose_config
+    from discograd.experiment.config import compose_config
     return compose_config(overrides)

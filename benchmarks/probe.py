@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from estimators import REGISTRY
-from experiment.diagnostics import Probe, Reference, _Surrogate, parse_reference
+from discograd.estimators import REGISTRY
+from discograd.experiment.diagnostics import Probe, Reference, _Surrogate, parse_reference
 from .common import median, peak_memory_mb, timed
 
 MODELS = ("vae", "vae_nonlinear", "toy")
@@ -32,12 +32,12 @@ def loop_of_backward_passes(model, est, x, U) -> None:
 
 def setup(model_name: str, device: torch.device, batch: int = 50):
     """(model, diagnostic minibatch) as the trainer builds them for ``model=...`` defaults."""
-    from models import VAE, Toy
+    from discograd.models import VAE, Toy
     torch.manual_seed(0)
     if model_name == "toy":
         model = Toy(dim=4).to(device)
         return model, torch.empty(batch, 0, device=device)
-    from experiment.data import MNISTData, load_mnist
+    from discograd.experiment.data import MNISTData, load_mnist
     data = MNISTData(load_mnist(), "dynamic", device, 0)
     x = data.batch("train", torch.arange(batch, device=device),
                    generator=torch.Generator(device=device).manual_seed(0))

@@ -63,7 +63,7 @@ def rate(n: int, X: torch.Tensor, steps: int, repeats: int, batch: int = 50) -> 
 
 
 def run(device: torch.device, sizes: tuple[int, ...], steps: int = 100, repeats: int = 3) -> list[dict]:
-    from experiment.data import load_mnist
+    from discograd.experiment.data import load_mnist
     X = torch.as_tensor(load_mnist()["train"][0]).to(device=device, dtype=torch.float32) / 256
     loop = PlainVAE(torch.as_tensor(load_mnist()["train"][0]), "gumbel", device=device)
 

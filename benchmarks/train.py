@@ -28,7 +28,7 @@ MODELS = {
 def harness_rates(model: str, est: str, device: torch.device, intervals: int,
                   compile_: bool) -> tuple[list[float], int]:
     """Steps/s of each log interval of a real run (the first is the warm-up), and log_every."""
-    from experiment.train import Trainer
+    from discograd.experiment.train import Trainer
     overrides = [*MODELS[model][0], f"estimator={est}", f"device={device.type}",
                  "train.eval_every=1000000000", "train.checkpoint_every=1000000000",
                  "eval.samples=1", "eval.final_samples=0", "train.progress=log",
@@ -52,7 +52,7 @@ def plain_rates(model: str, est: str, device: torch.device, blocks: int, block: 
         loop = PlainToy(est, dim=int(cfg.model.dim), t=float(cfg.model.t),
                         batch_size=int(cfg.train.batch_size), lr=float(cfg.train.lr), device=device)
     else:
-        from experiment.data import load_mnist
+        from discograd.experiment.data import load_mnist
         images = torch.as_tensor(load_mnist()["train"][0])
         loop = PlainVAE(images, est, device=device, **MODELS[model][1])
     out = []

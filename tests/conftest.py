@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment.config import compose_config
+from discograd.experiment.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -69,14 +69,14 @@ def test_every_plot_exists_and_is_not_empty(sweep):
 
 
 def test_loss_panel_labels_say_which_quantity_each_loss_is():
-    from analysis.plots import loss_quantity
+    from discograd.analysis.plots import loss_quantity
     assert loss_quantity("gumbel") == "f at relaxed samples"
     assert loss_quantity("vimco samples=5") == "the S-sample bound"
     assert loss_quantity("st_gumbel") == loss_quantity("rebar") == "f at exact samples"
 
 
 def test_bias2_below_the_noise_floor_is_an_upper_limit():
-    from analysis.plots import bias2_summary
+    from discograd.analysis.plots import bias2_summary
     g = pd.DataFrame({"estimator": ["a", "a", "b", "b"], "bias2": [1.0, 1.2, -0.1, 0.05],
                       "bias2_se": [0.1, 0.1, 0.1, 0.1]})
     agg = bias2_summary(g, ["estimator"]).set_index("estimator")
@@ -108,8 +108,8 @@ def test_table_equals_a_pandas_computation(sweep):
 def test_published_column_from_a_preset(tmp_path):
     sh(str(ROOT / "run.py"), "+experiment=tucker_toy_045", "estimator=st", "train.steps=20",
        "diagnostics.every=0", "+preset.published.st=0.2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    from analysis.runs import collect
-    from analysis.tables import results_table
+    from discograd.analysis.runs import collect
+    from discograd.analysis.tables import results_table
     table = results_table(collect(tmp_path).runs)
     assert table.loc[0, "published"] == 0.2
 
@@ -117,7 +117,7 @@ def test_published_column_from_a_preset(tmp_path):
 def test_joblib_multirun_of_two_jobs(tmp_path):
     sh(str(ROOT / "run.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=toy",
        "estimator=st", "seed=0,1", "train.steps=20", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
-    from analysis.runs import collect
+    from discograd.analysis.runs import collect
     runs = collect(tmp_path / "s").runs
     assert sorted(runs.seed) == [0, 1] and (runs.status == "completed").all()
 
@@ -133,7 +133,7 @@ def test_submitit_local_multirun_runs_the_cluster_code_path(tmp_path):
     submitit, as on SLURM (needs the package installed, as the README's commands do)."""
     sh(str(ROOT / "run.py"), "-m", "hydra/launcher=submitit_local", "model=toy", "estimator=st",
        "seed=0,1", "train.steps=20", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
-    from analysis.runs import collect
+    from discograd.analysis.runs import collect
     runs = collect(tmp_path / "s").runs
     assert sorted(runs.seed) == [0, 1] and (runs.status == "completed").all()
     assert list((tmp_path / "s" / ".submitit").iterdir())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from estimators import REGISTRY, ConfigError
+from discograd.estimators import REGISTRY, ConfigError
 
 
 def grads(est, logits, f, u):

@@ -13,14 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from estimators import REGISTRY, ConfigError, Estimate, Estimator
-from estimators.base import step_log_prob, uniform
-from experiment.canvas import CanvasData, load_canvas, make_canvas
-from experiment.data import MNISTData
-from experiment.validate import validate
-from models import Attention
-from models.attention import cross_entropy
-from models.base import split_labels, with_labels
+from discograd.estimators import REGISTRY, ConfigError, Estimate, Estimator
+from discograd.estimators.base import step_log_prob, uniform
+from discograd.experiment.canvas import CanvasData, load_canvas, make_canvas
+from discograd.experiment.data import MNISTData
+from discograd.experiment.validate import validate
+from discograd.models import Attention
+from discograd.models.attention import cross_entropy
+from discograd.models.base import split_labels, with_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,7 @@ def test_estimators_that_cannot_drive_a_rollout_say_why():
 
 # --- the diagnostics probe on the non-recurrent model (vmap) -------------------------------------
 def test_diagnostics_probe_runs_on_the_parallel_model():
-    from experiment.diagnostics import Probe, parse_reference
+    from discograd.experiment.diagnostics import Probe, parse_reference
     m = tiny(recurrent=False)
     x = inputs(m, 8)
     ref = parse_reference("auto", m)

@@ -9,9 +9,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError, ConfigKeyError
 
-import estimators
-from estimators import ConfigError
-from experiment.validate import validate
+from discograd import estimators
+from discograd.estimators import ConfigError
+from discograd.experiment.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,8 +127,8 @@ def test_cli_batch_larger_than_data_fails_before_loading(tmp_path):
 def test_every_estimator_yaml_matches_the_registry():
     """configs/estimator/NAME.yaml exists exactly for the registered estimators, names itself, and
     composes to a config its class builds from (defaults written in one place)."""
-    from estimators import REGISTRY, build_estimator
-    from experiment.config import CONFIG_DIR, estimator_defaults
+    from discograd.estimators import REGISTRY, build_estimator
+    from discograd.experiment.config import CONFIG_DIR, estimator_defaults
     yamls = {p.stem for p in (CONFIG_DIR / "estimator").glob("*.yaml")}
     assert yamls == set(REGISTRY)
     for name, cls in REGISTRY.items():
@@ -139,7 +139,7 @@ def test_every_estimator_yaml_matches_the_registry():
         assert type(build_estimator(cfg, kind, shape)) is cls
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "discograd" / "configs" / "experiment").glob("*.yaml")))
 def test_every_preset_composes_and_validates(preset, cfg_of):
     cfg = cfg_of(f"+experiment={preset}")
     validate(cfg)
@@ -147,7 +147,7 @@ def test_every_preset_composes_and_validates(preset, cfg_of):
 
 
 def _pairs():
-    from estimators import REGISTRY
+    from discograd.estimators import REGISTRY
     return [(e, m, k) for e in sorted(REGISTRY) for m in ("toy", "vae") for k in ("bernoulli", "categorical")]
 
 
@@ -155,9 +155,9 @@ def _pairs():
 def test_every_estimator_model_pair_composes_or_is_refused_by_name(name, model, kind, cfg_of):
     """Each estimator x model x latent kind either builds (model and estimator) or is refused
     before any work with a message that names the estimator or the key at fault."""
-    from estimators import REGISTRY
-    from experiment.train import build_model
-    from estimators import build_estimator
+    from discograd.estimators import REGISTRY
+    from discograd.experiment.train import build_model
+    from discograd.estimators import build_estimator
     over = [f"estimator={name}", f"model={model}", f"model.latent={kind}"]
     if model == "vae":
         over += ["model.latent_dim=4" if kind == "bernoulli" else "model.latent_dim=2"]
@@ -179,7 +179,7 @@ def test_help_names_the_app_and_every_option_and_no_internal_group():
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0
-    from estimators import REGISTRY
+    from discograd.estimators import REGISTRY
     assert r.stdout.startswith("discograd")
     lines = r.stdout.splitlines()
     for name in [*REGISTRY, "toy", "vae", "attention", "mnist", "tucker_toy_045"]:
@@ -190,7 +190,7 @@ def test_help_names_the_app_and_every_option_and_no_internal_group():
 @pytest.mark.parametrize("preset, gpus", [("slurm_gpu", 1), ("slurm_cpu", 0)])
 def test_launcher_presets_compose_to_submitit_slurm(preset, gpus):
     from hydra import compose, initialize_config_dir
-    from experiment.config import CONFIG_DIR, register_configs
+    from discograd.experiment.config import CONFIG_DIR, register_configs
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"hydra/launcher={preset}", "model=toy"],

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiment import data
-from experiment.data import DataError, MNISTData, fetch_mnist, load_mnist, read_idx
+from discograd.experiment import data
+from discograd.experiment.data import DataError, MNISTData, fetch_mnist, load_mnist, read_idx
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_FILES = (data.CACHE_NAME, data.CACHE_SUM_NAME)
@@ -109,7 +109,7 @@ def test_flipped_bytes_in_cache_are_detected_and_refetched(mnist, cache_dir, tmp
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one pixel byte in the middle of train_images
     path.write_bytes(bytes(raw))
-    with caplog.at_level(logging.WARNING, logger="experiment.data"):
+    with caplog.at_level(logging.WARNING, logger="discograd.experiment.data"):
         got = fetch_mnist(d)
     assert_same(got, mnist)
     assert any("discarding" in r.message for r in caplog.records)
@@ -184,7 +184,7 @@ def test_concurrent_first_runs_share_one_download(mnist, tmp_path):
         import logging, os, sys, time
         sys.path.insert(0, {str(REPO)!r})
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        from experiment import data
+        from discograd.experiment import data
         open(os.path.join({str(gate)!r}, sys.argv[1]), "w").close()
         deadline = time.time() + 60
         while len(os.listdir({str(gate)!r})) < 2 and time.time() < deadline:

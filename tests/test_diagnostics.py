@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from estimators import REGISTRY, ConfigError, log_prob
-from experiment.diagnostics import (GRAD_STATS_HEADER, Probe, Reference, _Surrogate, all_configs,
+from discograd.estimators import REGISTRY, ConfigError, log_prob
+from discograd.experiment.diagnostics import (GRAD_STATS_HEADER, Probe, Reference, _Surrogate, all_configs,
                                     parse_reference, resolve_estimators)
-from models import VAE, Toy
+from discograd.models import VAE, Toy
 
 ROOT = Path(__file__).resolve().parents[1]
 COLS = {c: i for i, c in enumerate(GRAD_STATS_HEADER)}
@@ -303,7 +303,7 @@ def test_fitted_relax_beats_unfitted_relax_and_differs_from_rebar():
     """On the toy (t = 0.45, B = 1, the Tucker et al. setting), a RELAX comparator fitted with its
     own variance objective has a lower variance than an unfitted one (common random numbers);
     fitted REBAR and RELAX rows differ; unfitted they coincide (RELAX's net starts at zero)."""
-    from experiment.config import estimator_defaults
+    from discograd.experiment.config import estimator_defaults
     from omegaconf import OmegaConf
     toy = toy_at(0.0)
     cfg = OmegaConf.merge(estimator_defaults("reinforce"), {"baseline": "ema"})
@@ -323,8 +323,8 @@ def test_fitted_relax_beats_unfitted_relax_and_differs_from_rebar():
 
 
 def test_comparators_take_the_trained_estimators_shared_settings():
-    from experiment.config import estimator_defaults
-    from experiment.diagnostics import build_comparator
+    from discograd.experiment.config import estimator_defaults
+    from discograd.experiment.diagnostics import build_comparator
     from omegaconf import OmegaConf
     gumbel = OmegaConf.merge(estimator_defaults("gumbel"), {"tau": {"init": 2.0, "rate": 0.0}})
     assert build_comparator("st_gumbel", "bernoulli", (3,), gumbel).tau == 2.0

@@ -28,7 +28,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from estimators import (KINDS, REGISTRY, ConfigError, TauSchedule, hard_sample, log_prob, probs,
+from discograd.estimators import (KINDS, REGISTRY, ConfigError, TauSchedule, hard_sample, log_prob, probs,
                         uniform)
 
 ALPHA = 1e-5            # family-wise false-alarm probability of one statistical assertion

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from estimators import REGISTRY, ConfigError, TauSchedule, hard_sample, log_prob, probs, uniform
-from estimators.base import all_configs
-from estimators.gumbel_rao import conditional_gumbel, conditional_logistic
-from estimators.gst import gapped_logits
+from discograd.estimators import REGISTRY, ConfigError, TauSchedule, hard_sample, log_prob, probs, uniform
+from discograd.estimators.base import all_configs
+from discograd.estimators.gumbel_rao import conditional_gumbel, conditional_logistic
+from discograd.estimators.gst import gapped_logits
 from test_estimators import (CASES, Case, assert_mean, detect_for, exact_grads, row_estimates,
                              z_crit)
 
@@ -166,7 +166,7 @@ def test_z_test_detects_a_biased_estimator_with_the_same_budget():
 
 
 def _tiny_vae(kind: str):
-    from models import VAE
+    from discograd.models import VAE
     torch.manual_seed(3)
     shape = SHAPES[kind] if kind == "categorical" else (4,)
     vae = VAE(latent=kind, latent_dim=shape[0], classes=shape[-1], hidden=[], x_dim=12)
@@ -184,7 +184,7 @@ def test_unbiased_on_an_enumerable_vae_through_the_probe(kind):
     2 x 3 categorical latents: every unbiased estimator's mean gradient, over all encoder and
     decoder coordinates, matches the enumerated exact gradient (z-test per coordinate, Bonferroni);
     bias2 of the exact estimator itself is ~0 and its variance is 0."""
-    from experiment.diagnostics import Probe, Reference
+    from discograd.experiment.diagnostics import Probe, Reference
     vae, x = _tiny_vae(kind)
     names = [n for n in UNBIASED if supports(n, kind)]
     K = 3000
@@ -545,8 +545,8 @@ def test_largest_enumerable_shapes_are_accepted():
 def test_reinmax_keeps_its_own_temperature_in_diagnostics():
     """The probe shares `schedule` between relaxed estimators; ReinMax must not inherit a gumbel
     schedule that goes below 1."""
-    from experiment.diagnostics import Probe, Reference
-    from models import Toy
+    from discograd.experiment.diagnostics import Probe, Reference
+    from discograd.models import Toy
     toy = Toy(dim=2)
     trained = make("gumbel", "bernoulli", (2,), tau=TauSchedule(1.0, 0.1, 1.0, 1))
     probe = Probe(toy, trained, ["gumbel", "reinmax"], Reference("exact"), 4, torch.empty(3, 0))

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from estimators import log_prob
-from models import VAE, Toy
-from models.vae import kl_divergence
+from discograd.estimators import log_prob
+from discograd.models import VAE, Toy
+from discograd.models.vae import kl_divergence
 
 
 def all_configs(kind, shape):

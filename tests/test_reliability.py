@@ -152,10 +152,10 @@ def test_in_a_sweep_the_other_jobs_go_on_and_analysis_lists_the_diverged_run(tmp
     r = subprocess.run(cmd("-m", *DIVERGE, "train.lr=1e36,1e-3", f"hydra.sweep.dir={sweep}"),
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    from analysis.runs import collect
+    from discograd.analysis.runs import collect
     runs = collect(sweep).runs.sort_values("train.lr")
     assert list(runs.status) == ["completed", "diverged"]
-    from analysis.report import make_report
+    from discograd.analysis.report import make_report
     report = make_report(sweep, tmp_path / "report").read_text()
     assert "diverged" in report
 

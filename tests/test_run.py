@@ -107,7 +107,7 @@ def test_multirun_sweep_in_a_subprocess(tmp_path):
     assert "6 runs: 6 completed" in report
     assert not any((job / "analysis").exists() for job in jobs)
     # the analysis reader finds the same six runs and joins their config to their metrics
-    from analysis import find_runs, read_run
+    from discograd.analysis import find_runs, read_run
     assert find_runs(sweep) == jobs
     df, s = read_run(jobs[0])
     assert s["status"] == "completed"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiment.optim import Adam
+from discograd.experiment.optim import Adam
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_adam_state_dict_round_trips_with_torch_adam():
 def test_dynamic_binarization_draws_bernoulli_pixels():
     """u < p with u ~ U[0, 1) is Bernoulli(p): the mean over many draws of a fixed image matches
     the grey levels within 5 standard errors."""
-    from experiment.data import MNISTData
+    from discograd.experiment.data import MNISTData
     grey = (torch.arange(784) % 256).to(torch.uint8).reshape(1, 784).repeat(2, 1).numpy()
     splits = {s: (grey, torch.zeros(2, dtype=torch.long).numpy()) for s in ("train", "valid", "test")}
     data = MNISTData(splits, "dynamic", "cpu", 0)
@@ -84,7 +84,7 @@ def test_dynamic_binarization_draws_bernoulli_pixels():
 
 def _trainer(tmp_path, *overrides):
     from benchmarks.common import compose
-    from experiment.train import Trainer
+    from discograd.experiment.train import Trainer
     return Trainer(compose(list(overrides)), tmp_path)
 
 
@@ -111,7 +111,7 @@ def test_compiled_step_matches_eager_and_does_not_recompile_when_tau_changes(tmp
 
 
 def test_compile_is_refused_where_it_cannot_work(tmp_path):
-    from estimators import ConfigError
+    from discograd.estimators import ConfigError
     with pytest.raises(ConfigError, match=r"train.compile=true cannot compile estimator 'relax'.*"
                                           r"accepted: train.compile=false"):
         _trainer(tmp_path, "model=toy", "estimator=relax", "train.compile=true")
@@ -121,7 +121,7 @@ def test_non_finite_loss_is_reported_at_its_step(tmp_path):
     """The losses are checked at log steps, not per step; the step reported is still the first bad
     one, and a non-finite parameter without a bad loss is reported as the gradient of the last
     step."""
-    from experiment.train import Diverged
+    from discograd.experiment.train import Diverged
     t = _trainer(tmp_path, "model=toy", "estimator=reinforce")
     for s in range(1, 8):
         t.step = s

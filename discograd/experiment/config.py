@@ -211,7 +211,7 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("run_id", lambda: RUN_ID)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    from estimators import REGISTRY, config_schema
+    from discograd.estimators import REGISTRY, config_schema
     for name, cls in REGISTRY.items():
         cs.store(group="schema/estimator", name=name, node=config_schema(cls))
     cs.store(group="schema/model", name="toy", node=ToyConfig)
@@ -227,7 +227,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 def estimator_defaults(name: str):
     """The config of ``estimator=NAME`` as Hydra composes it (its YAML in configs/estimator/ over
     its schema), without Hydra: used to build the diagnostics' comparators and references."""
-    from estimators import REGISTRY, config_schema
+    from discograd.estimators import REGISTRY, config_schema
     raw = OmegaConf.load(CONFIG_DIR / "estimator" / f"{name}.yaml")
     raw.pop("defaults", None)
     return OmegaConf.merge(OmegaConf.structured(config_schema(REGISTRY[name])), raw)

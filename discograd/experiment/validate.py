@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from estimators import REGISTRY, ConfigError
+from discograd.estimators import REGISTRY, ConfigError
 from .config import plain
 
 SPLIT_SIZES = {"mnist": {"train": 50000, "valid": 10000, "test": 10000}}
@@ -89,7 +89,7 @@ def _build_estimator(cfg) -> None:
     arguments: build it (on the model's latent shape, e.g. for exact's enumeration limit), with
     the global random stream left as it was."""
     import torch
-    from estimators import build_estimator
+    from discograd.estimators import build_estimator
     from .train import build_model         # here: train imports this module
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from estimators import REGISTRY  # noqa: E402
+from discograd.estimators import REGISTRY  # noqa: E402
 
 ORDER = list(REGISTRY)          # registration order (estimators/__init__.py): one colour each
 STYLES = ["-", "--", ":", "-."]
@@ -85,7 +85,7 @@ def _save(fig, out: Path, stem: str, legend_rows: int) -> list[Path]:
 
 def loss_quantity(label: str) -> str:
     """What an estimator's logged train/loss measures (Estimator.loss_quantity)."""
-    from estimators import REGISTRY
+    from discograd.estimators import REGISTRY
     cls = REGISTRY.get(label.split(" ")[0])
     return cls.loss_quantity if cls is not None else "its training loss"
 

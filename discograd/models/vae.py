@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from estimators.base import ConfigError, log_prob
+from discograd.errors import ConfigError
+from discograd.latents import log_prob
 from .base import LatentModel
 
 OBJECTIVES = ("elbo", "iwae")   # model.objective: the single-sample ELBO or the S-sample bound

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from estimators.base import gumbel_noise, one_hot, uniform
+from discograd.latents import gumbel_noise, one_hot, uniform
 from .base import LatentModel, split_labels
 
 EVAL_FLOATS = 1 << 24     # candidate-patch floats per evaluation chunk (64 MiB in float32)

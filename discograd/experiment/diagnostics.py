@@ -49,8 +49,8 @@ from torch.func import functional_call, grad, vmap
 
 from omegaconf import OmegaConf
 
-from estimators import REGISTRY, ConfigError, Estimator, build_estimator, log_prob, uniform
-from estimators.base import MAX_CONFIGS, all_configs, n_configs
+from discograd.estimators import REGISTRY, ConfigError, Estimator, build_estimator, log_prob, uniform
+from discograd.estimators.base import MAX_CONFIGS, all_configs, n_configs
 from .config import estimator_defaults
 from .optim import Adam
 

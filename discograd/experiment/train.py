@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from estimators import ConfigError, Estimator, build_estimator, uniform
-from models import MODELS, LatentModel
-from models.base import with_labels
+from discograd.estimators import ConfigError, Estimator, build_estimator, uniform
+from discograd.models import MODELS, LatentModel
+from discograd.models.base import with_labels
 from .config import MISSING_VALUE, RESUMABLE_KEYS, config_diff, fingerprint, plain, run_defining
 from .optim import Adam
 from .files import (CHECKPOINT, DAMAGED, PREVIOUS, RunLock, atomic_write, read_checkpoint,
@@ -863,7 +863,7 @@ def write_report(folder: Path) -> None:
     that fails is logged, never fatal: the run's own files are already complete."""
     t0 = time.perf_counter()
     try:
-        from analysis.report import make_report
+        from discograd.analysis.report import make_report
         path = make_report(folder)
     except Exception as e:  # noqa: BLE001 - the run is done; the report is a convenience
         log.warning("could not write the report of %s (%r); run python -m analysis %s", folder, e,

@@ -1,0 +1,4 @@
+"""``python -m discograd ...``: the same command line as ``python run.py ...``."""
+from discograd.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Hydra config groups (a package so that an installed discograd finds them: pkg://discograd.configs)."""
