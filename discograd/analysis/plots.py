@@ -91,7 +91,8 @@ def loss_quantity(label: str) -> str:
 
 
 def training_curves(metrics: pd.DataFrame, out: Path, model: str, against: str = "step") -> list[Path]:
-    """Three panels against steps or wall-clock seconds: the loss each estimator optimises
+    """Three panels against steps, wall-clock seconds or f-evaluations per example (``against``:
+    step | wall_time | evaluations; the last two are the equal-cost views): the loss each estimator optimises
     (``train/loss``: not one quantity for all, so each legend entry says which), one quantity
     common to all (``train/hard_loss``: the model's loss at exact samples on the training batch),
     and the model's progress metric (validation)."""
@@ -118,7 +119,14 @@ def training_curves(metrics: pd.DataFrame, out: Path, model: str, against: str =
     styles = style_of(labels)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 2.8), squeeze=False)
     axes = axes[0]
-    x = "step" if against == "step" else "wall_time"
+    x = against
+    if against == "evaluations":      # f-evaluations per example: step x evals per step
+        ev = metrics[(metrics.split == "train") & (metrics.metric == "evals")]
+        per_run = ev.groupby("run")["value"].median()
+        panels = [(d.assign(evaluations=d["step"] * d["run"].map(per_run)), yl, k)
+                  for d, yl, k in panels]
+        if per_run.empty:
+            return []
     for ax, (d, ylabel, kind) in zip(axes, panels):
         for lab in labels:
             key = f"{lab}: {loss_quantity(lab)}" if kind == "own" else lab
@@ -129,7 +137,8 @@ def training_curves(metrics: pd.DataFrame, out: Path, model: str, against: str =
                 dl = dl.assign(wall_time=dl.groupby("step")["wall_time"].transform("mean"))
             styles[key] = styles[lab]
             _band(ax, mean_se(dl.assign(label=key), x), x, styles, key)
-        ax.set_xlabel("training step" if x == "step" else "wall-clock time (s)")
+        ax.set_xlabel({"step": "training step", "wall_time": "wall-clock time (s)",
+                       "evaluations": "evaluations of f per example"}[x])
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.suptitle(f"model={model}", fontsize=8)

@@ -8,7 +8,8 @@ import pandas as pd
 
 from . import plots
 from .runs import collect
-from .tables import to_markdown, write_tables
+from .runs import grid_keys
+from .tables import _setting, caption, select_settings, to_markdown, which_model, write_tables
 
 
 def main_metric(runs: pd.DataFrame) -> str | None:
@@ -68,12 +69,32 @@ def figure_rows(g: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return own, "each estimator on its own runs"
 
 
-def make_report(path: str | Path, out: str | Path | None = None) -> Path:
+def selected_runs(runs: pd.DataFrame, keys: list[str], at: str) -> set[str]:
+    """The runs of each estimator's selected grid setting (all runs when there is no grid)."""
+    if not keys:
+        return set(runs["run"])
+    chosen = select_settings(runs, keys, at)
+    keep = runs.apply(lambda r: chosen.get((r["model.name"], r["label"]), {}).get("setting")
+                      == _setting(r, keys), axis=1)
+    return set(runs.loc[keep, "run"])
+
+
+def make_report(path: str | Path, out: str | Path | None = None, at: str = "auto",
+                select: list[str] | None = None) -> Path:
     path = Path(path)
     out = Path(out) if out is not None else path / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     col = collect(path)
     col.save(out)
+    table, _ = write_tables(col.runs, out, at=at, keys=select)
+    keys = grid_keys(col.runs) if select is None else list(select)
+    shown = col.runs
+    if keys:            # figures show each estimator at its selected setting
+        ids = selected_runs(col.runs, keys, which_model(col.runs, at))
+        shown = col.runs[col.runs.run.isin(ids)]
+        col = type(col)(shown, col.metrics[col.metrics.run.isin(ids)],
+                        col.grad_stats[col.grad_stats.run.isin(ids)] if not col.grad_stats.empty
+                        else col.grad_stats)
     figures: list[tuple[str, Path]] = []
     for model in sorted(col.runs["model.name"].dropna().unique()):
         ids = set(col.runs.loc[col.runs["model.name"] == model, "run"])
@@ -82,8 +103,11 @@ def make_report(path: str | Path, out: str | Path | None = None) -> Path:
         r = col.runs[col.runs.run.isin(ids)]
         figures += [(f"{model}: training curves against steps", p)
                     for p in plots.training_curves(m, out, model, "step") if p.suffix == ".png"]
-        figures += [(f"{model}: training curves against wall-clock time", p)
+        figures += [(f"{model}: training curves against wall-clock time (equal cost in time)", p)
                     for p in plots.training_curves(m, out, model, "wall_time") if p.suffix == ".png"]
+        figures += [(f"{model}: training curves against f-evaluations per example (equal cost in "
+                     "evaluations of f)", p)
+                    for p in plots.training_curves(m, out, model, "evaluations") if p.suffix == ".png"]
         if not g.empty:
             g, which = figure_rows(g)
             figures += [(f"{model}: gradient variance, bias², SNR and cosine during training ({which})", p)
@@ -105,13 +129,13 @@ def make_report(path: str | Path, out: str | Path | None = None) -> Path:
                 rows = gradient_table(g[g.label == label])
                 if rows:
                     grad_lines += [f"### {model}, runs trained with {label}", "", *rows]
-    table, _ = write_tables(col.runs, out)
     status = col.runs["status"].value_counts().to_dict()
     lines = [f"# discograd report: `{path}`", "",
              f"{len(col.runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(status.items())), "",
-             "## Final test metrics", "",
-             "Mean ± standard deviation over seeds (n runs); bounds and ELBOs as positive nats "
-             "(lower is better). Files: `table.md`, `table.tex`, `table.csv`.", "",
+             "## Test metrics", "",
+             caption(table) + " Files: `table.md`, `table.tex`, `table.csv` (with standard "
+             "deviations and raw p-values)." + (f" Figures show each estimator at its selected "
+                                                 f"setting ({len(shown)} runs)." if keys else ""), "",
              to_markdown(table)]
     bad = col.runs[col.runs.status != "completed"]
     if not bad.empty:

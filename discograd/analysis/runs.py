@@ -5,7 +5,8 @@ returns three long tables joined on ``run``:
 
 - ``runs``: one row per run: its flattened ``.hydra/config.yaml`` (``estimator.name``, ``seed``,
   ...), ``status`` (from summary.json; ``missing`` when a run never wrote one: killed or still
-  running), the final metrics (``final.test/bound_1000``, ...), timings, and ``label``: the
+  running), the final metrics (``final.test/bound_1000``, ...), the metrics at the best validation
+  step (``best.step``, ``best.test/bound_1000``, ...; summary.json "best"), timings, and ``label``: the
   estimator's name plus the estimator keys that vary in this collection (e.g.
   ``reinforce baseline=ema``), so variants of one estimator are told apart.
 - ``metrics``: metrics.csv of every run, with ``run`` and ``label``.
@@ -85,10 +86,19 @@ class Collection:
         return written
 
 
+def grid_keys(runs: pd.DataFrame) -> list[str]:
+    """The hyperparameters a preset's grid declares (``preset.grid.<key>: [values]`` in the runs'
+    configs): selected on validation by the results table, not part of an estimator's label."""
+    pre = "preset.grid."
+    return sorted(c[len(pre):] for c in runs.columns if c.startswith(pre) and runs[c].notna().any())
+
+
 def _labels(runs: pd.DataFrame) -> pd.Series:
-    """estimator name + the estimator.* keys that vary across runs of that estimator."""
+    """estimator name + the estimator.* keys that vary across runs of that estimator, except the
+    keys of a preset's grid (those are selected over, see tables.results_table)."""
     labels = runs["estimator.name"].astype(str).copy()
-    est_cols = [c for c in runs.columns if c.startswith("estimator.") and c != "estimator.name"]
+    skip = set(grid_keys(runs)) | {"estimator.name"}
+    est_cols = [c for c in runs.columns if c.startswith("estimator.") and c not in skip]
     for name, group in runs.groupby("estimator.name"):
         varying = [c for c in est_cols if group[c].astype(str).nunique() > 1]
         for i in group.index:
@@ -105,6 +115,7 @@ def collect(path: str | Path) -> Collection:
         row = {"run": str(folder), **flatten(cfg), "status": summary.get("status", "missing"),
                "steps_done": summary.get("step")}
         row.update({f"final.{k}": v for k, v in (summary.get("final") or {}).items()})
+        row.update({f"best.{k}": v for k, v in (summary.get("best") or {}).items()})
         row.update({f"timings.{k}": v for k, v in (summary.get("timings") or {}).items()})
         if summary.get("error"):
             row["error"] = json.dumps(summary["error"])

@@ -1,71 +1,262 @@
-"""The results table: final test metrics per model x estimator, mean +- std over seeds (n), as
-Markdown, LaTeX and CSV, with a ``published`` column when the runs come from a preset that names
-published numbers (``preset.published.<estimator>`` in the run's config)."""
+"""The results table: test metrics per model x estimator over seeds, as Markdown, LaTeX and CSV.
+
+What a row shows (docs/design.md, "Results table"):
+- **Which model of each run**: ``at="best"`` (default when the runs have it) takes the model of the
+  best validation step (summary.json ``best``, ``eval.select``), as ARM and DisARM report;
+  ``at="final"`` takes the model after the last step. The table's caption says which.
+- **Which hyperparameters**: when the runs come from a grid (a preset's ``preset.grid`` or the keys
+  given to ``--select``), every setting of the grid keys is a candidate for each estimator; the
+  setting with the best *mean validation metric over seeds* is chosen and its test metrics are
+  reported, with the chosen values in the row. Test metrics never enter the choice. A setting with
+  a run that did not complete (diverged, failed) is not eligible.
+- **Statistics**: mean over seeds with the half-width of a 95 % t confidence interval (``ci95``), the
+  standard deviation, n; paired t-tests (same seed = same initialisation and data order) of every
+  estimator against the best one on the table's main metric, Holm-corrected; ``vs best`` is
+  ``best``, ``≈`` (not distinguishable at alpha = 0.05) or ``worse``/``better`` (analysis.stats).
+- ``published``: ``preset.published.<estimator>`` of the runs' preset, with the metric it refers to.
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from discograd.models.base import higher_is_better
+from .runs import grid_keys
+from .stats import compare_with_best, t_interval
 
-def metric_columns(runs: pd.DataFrame) -> list[tuple[str, str, float]]:
-    """(column, display name, sign) of the final test metrics present: bounds shown as positive
-    nats (-bound_K), the ELBO as the loss (-ELBO), everything else as logged."""
+
+def which_model(runs: pd.DataFrame, at: str = "auto") -> str:
+    """``best`` or ``final``: auto is best when every completed run has a best-validation record."""
+    if at not in ("auto", "best", "final"):
+        raise ValueError(f"at={at!r} is invalid; accepted: auto, best, final")
+    done = runs[runs.status == "completed"] if "status" in runs else runs
+    has_best = "best.step" in done.columns and len(done) and done["best.step"].notna().all()
+    if at == "best" and not has_best:
+        raise ValueError("at=best: some completed runs have no best-validation record "
+                         "(eval.select=none, or a model without a validation split)")
+    return "best" if (at == "best" or (at == "auto" and has_best)) else "final"
+
+
+def metric_columns(runs: pd.DataFrame, at: str = "final") -> list[tuple[str, str, float]]:
+    """(column, display name, sign) of the test metrics present: bounds shown as positive nats
+    (-bound_K), the ELBO as the loss (-ELBO), everything else as logged."""
     out = []
-    for c in sorted(c for c in runs.columns if c.startswith("final.test/")):
-        name = c[len("final.test/"):]
-        if name == "elbo":
+    pre = f"{at}.test/"
+    for c in sorted(c for c in runs.columns if c.startswith(pre)):
+        name = c[len(pre):]
+        if name == "elbo" or runs[c].isna().all():
             continue
         if name.startswith("bound_"):
             out.append((c, f"test -{name}", -1.0))
-        elif name == "loss" and "final.test/elbo" in runs.columns:
+        elif name == "loss" and f"{pre}elbo" in runs.columns:
             out.append((c, "test -ELBO", 1.0))
         else:
             out.append((c, f"test {name}", 1.0))
     return out
 
 
-def results_table(runs: pd.DataFrame) -> pd.DataFrame:
+def main_column(runs: pd.DataFrame, at: str) -> str | None:
+    """The metric the significance marks use: the preset's metric (e.g. test/bound_1000) when the
+    runs have it, else the largest-K test bound, else accuracy, exact loss or loss."""
+    if "preset.metric" in runs.columns:
+        named = runs["preset.metric"].dropna().astype(str)
+        if len(named):
+            col = f"{at}.{named.iloc[0].split()[0]}"
+            if col in runs.columns and runs[col].notna().any():
+                return col
+    bounds = [c for c in runs.columns if c.startswith(f"{at}.test/bound_") and runs[c].notna().any()]
+    if bounds:
+        return max(bounds, key=lambda c: int(c.rsplit("_", 1)[1]))
+    for name in ("accuracy", "exact_loss", "loss"):
+        if f"{at}.test/{name}" in runs.columns and runs[f"{at}.test/{name}"].notna().any():
+            return f"{at}.test/{name}"
+    return None
+
+
+def selection_column(runs: pd.DataFrame, at: str) -> str | None:
+    """The validation metric hyperparameters are selected on: the one the runs selected their best
+    step with (summary best.metric, e.g. valid/bound_100), else a validation bound, accuracy or
+    loss of the final model; None without a validation split."""
+    if at == "best" and "best.metric" in runs.columns and runs["best.metric"].notna().any():
+        col = f"best.{runs['best.metric'].dropna().iloc[0]}"
+        if col in runs.columns:
+            return col
+    for c in sorted(runs.columns):
+        if c.startswith(f"{at}.valid/bound_"):
+            return c
+    for name in ("accuracy", "elbo", "loss"):
+        if f"{at}.valid/{name}" in runs.columns:
+            return f"{at}.valid/{name}"
+    return None
+
+
+def _setting(row: pd.Series, keys: list[str]) -> tuple:
+    return tuple("" if pd.isna(row.get(k)) else str(row.get(k)) for k in keys)
+
+
+def _describe(keys: list[str], setting: tuple) -> str:
+    return " ".join(f"{k.split('.', 1)[-1] if k.startswith('estimator.') else k}={v}"
+                    for k, v in zip(keys, setting) if v != "")
+
+
+def select_settings(runs: pd.DataFrame, keys: list[str], at: str) -> dict[tuple, dict]:
+    """(model, label) -> the selected setting of ``keys``: {"setting", "valid" (mean over seeds of
+    the selection column), "tried" (eligible settings), "excluded" (settings with a run that did
+    not complete)}. Only the validation column is read."""
+    sel = selection_column(runs[runs.status == "completed"], at) if keys else None
+    if keys and sel is None:
+        raise ValueError(f"selecting {', '.join(keys)} needs a validation metric, and these runs "
+                         "have none (a model without a validation split?)")
+    out = {}
+    for (model, label), g in runs.groupby(["model.name", "label"], sort=True):
+        if not keys:
+            out[(model, label)] = {"setting": (), "valid": math.nan, "tried": 1, "excluded": 0}
+            continue
+        better = higher_is_better(sel)
+        cands, excluded = [], 0
+        for setting, gs in g.groupby(g.apply(lambda r: _setting(r, keys), axis=1), sort=True):
+            vals = gs[sel] if sel in gs else pd.Series(dtype=float)
+            if (gs.status != "completed").any() or vals.isna().any():
+                excluded += 1
+                continue
+            cands.append((setting, float(vals.mean())))
+        if not cands:
+            out[(model, label)] = {"setting": None, "valid": math.nan, "tried": 0, "excluded": excluded}
+            continue
+        setting, value = (max if better else min)(cands, key=lambda c: c[1])
+        out[(model, label)] = {"setting": setting, "valid": value, "tried": len(cands),
+                               "excluded": excluded, "metric": sel}
+    return out
+
+
+def results_table(runs: pd.DataFrame, at: str = "auto", keys: list[str] | None = None,
+                  level: float = 0.95, alpha: float = 0.05) -> pd.DataFrame:
+    """One row per (model, estimator label): see the module docstring. ``keys``: the grid keys to
+    select over (default: the runs' ``preset.grid``)."""
+    at = which_model(runs, at)
+    keys = grid_keys(runs) if keys is None else list(keys)
+    missing = [k for k in keys if k not in runs.columns]
+    if missing:
+        raise ValueError(f"--select {', '.join(missing)}: not a config key of these runs")
+    chosen = select_settings(runs, keys, at)
     done = runs[runs.status == "completed"]
-    cols = metric_columns(done)
     rows = []
-    for (model, label), g in done.groupby(["model.name", "label"], sort=True):
-        row = {"model": model, "estimator": label, "n": len(g)}
-        for col, name, sign in cols:
+    for (model, label), g in runs.groupby(["model.name", "label"], sort=True):
+        pick = chosen[(model, label)]
+        if pick["setting"] is None:
+            rows.append({"model": model, "estimator": label, "n": 0, "at": at,
+                         "setting": "no eligible setting", "settings": pick["excluded"]})
+            continue
+        g = done[(done["model.name"] == model) & (done["label"] == label)]
+        if keys:
+            g = g[g.apply(lambda r: _setting(r, keys) == pick["setting"], axis=1)]
+        row = {"model": model, "estimator": label, "n": len(g), "at": at,
+               "setting": _describe(keys, pick["setting"]) if keys else "",
+               "settings": pick["tried"]}
+        if keys:
+            row["selected on"] = f"{pick['metric']} (mean over seeds)"
+            row["valid"] = pick["valid"]
+        for col, name, sign in metric_columns(done, at):
             v = sign * g[col].dropna()
             if v.empty:
                 continue
-            row[f"{name} mean"] = v.mean()
+            mean, half, _ = t_interval(list(v), level)
+            row[f"{name} mean"] = mean
             row[f"{name} std"] = v.std(ddof=1) if len(v) > 1 else 0.0
+            row[f"{name} ci95"] = half
+        if at == "best" and "best.step" in g:
+            row["best step"] = g["best.step"].median()
         est = label.split(" ")[0]
         pub = f"preset.published.{est}"
         if pub in g.columns and g[pub].notna().any():
             row["published"] = g[pub].dropna().iloc[0]
-            row["published metric"] = g.get("preset.metric", pd.Series([""])).dropna().iloc[0] \
-                if "preset.metric" in g.columns else ""
+            row["published metric"] = g["preset.metric"].dropna().iloc[0] \
+                if "preset.metric" in g.columns and g["preset.metric"].notna().any() else ""
         if "timings.steps_per_s" in g.columns:
             row["steps/s"] = g["timings.steps_per_s"].mean()
+        row["_runs"] = g
         rows.append(row)
+    _mark(rows, done, at, alpha)
+    for r in rows:
+        r.pop("_runs", None)
     return pd.DataFrame(rows)
+
+
+def _mark(rows: list[dict], done: pd.DataFrame, at: str, alpha: float) -> None:
+    """``vs best`` and ``p (Holm)`` on the main metric, per model, paired by seed."""
+    col = main_column(done, at)
+    if col is None:
+        return
+    for model in {r["model"] for r in rows}:
+        mine = [r for r in rows if r["model"] == model and "_runs" in r]
+        per_seed = {r["estimator"]: {int(s): float(v) for s, v in zip(r["_runs"]["seed"], r["_runs"][col])
+                                     if not pd.isna(v)} for r in mine}
+        per_seed = {k: v for k, v in per_seed.items() if v}
+        marks = compare_with_best(per_seed, higher_is_better(col), alpha)
+        for r in mine:
+            m = marks.get(r["estimator"])
+            if m is None:
+                continue
+            r["vs best"] = "best" if m["best"] else ("" if m["tie"] is None else "≈" if m["tie"]
+                                                     else "worse")
+            r["p (Holm)"] = m.get("p_holm", math.nan)
+            r["main metric"] = col.split(".", 1)[1]
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.{digits}g}"
+    return str(v)
 
 
 def _cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     names = [c[:-5] for c in table.columns if c.endswith(" mean")]
-    header = ["model", "estimator", "n", *names]
-    extra = [c for c in ("published", "published metric", "steps/s") if c in table.columns]
+    header = ["model", "estimator"]
+    if "setting" in table.columns and table["setting"].astype(str).str.len().gt(0).any():
+        header.append("selected setting")
+    header += ["n", *[f"{n} (± ci95)" for n in names]]
+    extra = [c for c in ("vs best", "p (Holm)", "best step", "published", "published metric", "steps/s")
+             if c in table.columns]
     header += extra
     body = []
     for _, r in table.iterrows():
-        cells = [str(r["model"]), str(r["estimator"]), str(int(r["n"]))]
+        cells = [str(r["model"]), str(r["estimator"])]
+        if "selected setting" in header:
+            cells.append(str(r.get("setting", "")))
+        cells.append(str(int(r["n"])))
         for n in names:
             m = r.get(f"{n} mean")
-            cells.append("" if pd.isna(m) else f"{m:.4g} ± {r[f'{n} std']:.2g}")
+            cells.append("" if pd.isna(m) else f"{m:.4g} ± {_fmt(r.get(f'{n} ci95'), 2)}")
         for e in extra:
             v = r.get(e)
-            cells.append("" if v is None or (isinstance(v, float) and pd.isna(v)) else
-                         (f"{v:.4g}" if isinstance(v, float) else str(v)))
+            cells.append(_fmt(v, 2) if e == "p (Holm)" else _fmt(v))
         body.append(cells)
     return header, body
+
+
+def caption(table: pd.DataFrame) -> str:
+    """What the table shows, in words (for report.md and reproductions)."""
+    if table.empty:
+        return ""
+    at = table["at"].dropna().iloc[0] if "at" in table else "final"
+    parts = [("Test metrics of each run's model at its **best validation step** (eval.select)"
+              if at == "best" else "Test metrics of each run's **final** model"),
+             "mean ± half-width of the 95 % t confidence interval over seeds (n runs); bounds and "
+             "ELBOs as positive nats (lower is better)"]
+    if "selected on" in table.columns and table["selected on"].notna().any():
+        parts.append("hyperparameters selected per estimator on "
+                     f"{table['selected on'].dropna().iloc[0]}, never on test; `selected setting` "
+                     "shows the choice")
+    if "vs best" in table.columns:
+        main = table["main metric"].dropna().iloc[0] if "main metric" in table else "the main metric"
+        parts.append(f"`vs best` on {main}: paired t-tests over common seeds against the estimator "
+                     "with the best mean, Holm-corrected; ≈: not distinguishable at 0.05; blank: "
+                     "fewer than 2 common seeds")
+    return "; ".join(parts) + "."
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -81,7 +272,8 @@ def to_latex(table: pd.DataFrame) -> str:
     if table.empty:
         return "% no completed runs\n"
     header, body = _cells(table)
-    esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("%", r"\%")  # noqa: E731
+    esc = lambda s: (s.replace("_", r"\_").replace("±", r"$\pm$").replace("%", r"\%")  # noqa: E731
+                     .replace("≈", r"$\approx$"))
     lines = [r"\begin{tabular}{" + "ll" + "r" * (len(header) - 2) + "}", r"\toprule",
              " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(esc(c) for c in r) + r" \\" for r in body]
@@ -89,10 +281,11 @@ def to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(runs: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, list[Path]]:
-    table = results_table(runs)
+def write_tables(runs: pd.DataFrame, out: Path, at: str = "auto",
+                 keys: list[str] | None = None) -> tuple[pd.DataFrame, list[Path]]:
+    table = results_table(runs, at=at, keys=keys)
     paths = [out / "table.md", out / "table.tex", out / "table.csv"]
-    paths[0].write_text(to_markdown(table))
+    paths[0].write_text(caption(table) + "\n\n" + to_markdown(table))
     paths[1].write_text(to_latex(table))
     table.to_csv(paths[2], index=False)
     return table, paths

@@ -38,6 +38,11 @@ class KL(Enum):
     sampled = "sampled"
 
 
+class Prior(Enum):
+    learned = "learned"    # prior logits trained with the model
+    uniform = "uniform"    # fixed: Bernoulli(1/2) / uniform categorical (Jang et al. 2016)
+
+
 class ModelObjective(Enum):
     elbo = "elbo"      # single-sample ELBO: every estimator of E_q[f]
     iwae = "iwae"      # S-sample bound (Burda et al. 2016): f = -log w, estimators like vimco
@@ -90,6 +95,8 @@ class VAEConfig:
     hidden: List[int] = field(default_factory=list)
     kl: KL = KL.analytic
     objective: ModelObjective = ModelObjective.elbo   # iwae: the S-sample bound (estimator=vimco)
+    prior: Prior = Prior.learned
+    slope: float = 0.3         # LeakyReLU slope of hidden layers (DisARM code 0.3; ARM code 0.1)
 
 
 @dataclass
@@ -147,6 +154,10 @@ class TrainConfig:
 class EvalConfig:
     samples: int = 100         # importance samples of the periodic bound (metric bound_<samples>)
     final_samples: int = 1000  # importance samples of the final test bound (0: skip)
+    # model selection: the validation metric whose best step's model (best.pt) is evaluated on
+    # test at the end, next to the final model (summary.json "best"); auto: the model's choice
+    # (VAE: bound_<samples>, attention: accuracy); none: no selection. No effect on training.
+    select: str = "auto"
 
 
 @dataclass
@@ -182,6 +193,13 @@ class PresetConfig:
     protocol: str = ""
     metric: str = ""               # e.g. test/bound_1000, shown as positive nats
     published: Dict[str, float] = field(default_factory=dict)
+    # the estimators of the published table (what `python -m analysis.reproduce` runs)
+    estimators: List[str] = field(default_factory=list)
+    # hyperparameters selected per estimator on validation: {config key: [values]} written as a
+    # nested mapping (e.g. train: {lr: [...]}); keys an estimator does not have are skipped for it
+    grid: Any = None
+    deviations: List[str] = field(default_factory=list)    # deliberate differences from the source
+    unconfirmed: List[str] = field(default_factory=list)   # fields no primary source confirmed
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"          # the checkpoint before the current one
 DAMAGED = "checkpoint.damaged.pt"        # an unreadable checkpoint.pt, set aside on resume
+BEST = "best.pt"                         # the best validation step's model (eval.select)
 LOCK = ".lock"
 LOCK_INFO = ".lock.json"
 

@@ -23,15 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from discograd.estimators import ConfigError, Estimator, build_estimator, uniform
 from discograd.models import MODELS, LatentModel
-from discograd.models.base import with_labels
+from discograd.models.base import higher_is_better, with_labels
 from .config import MISSING_VALUE, RESUMABLE_KEYS, config_diff, fingerprint, plain, run_defining
 from .optim import Adam
-from .files import (CHECKPOINT, DAMAGED, PREVIOUS, RunLock, atomic_write, read_checkpoint,
+from .files import (BEST, CHECKPOINT, DAMAGED, PREVIOUS, RunLock, atomic_write, read_checkpoint,
                     save_checkpoint, write_json)
 from .logbook import CSVLog, MetricsLog, versions
 from .validate import validate
 
 log = logging.getLogger("discograd")
+DATA_STREAM = 1 << 40  # the data generator's seed is seed + DATA_STREAM (Trainer._build)
 LOSS_CHECK = 256     # training losses kept on the device between checks (Trainer._check_losses)
 
 
@@ -70,6 +71,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def selection_metric(model: LatentModel, cfg) -> str | None:
+    """The validation metric that picks the best step (``eval.select``): ``auto`` is the model's
+    own choice (VAE: the eval.samples-sample bound; attention: accuracy); None without a
+    validation split (the toy) or with ``eval.select=none``."""
+    choice = str(cfg.eval.select)
+    if choice == "none" or not model.needs_data:
+        return None
+    if choice == "auto":
+        return model.select_metric(int(cfg.eval.samples))
+    return choice
+
+
 def build_model(cfg) -> LatentModel:
     m = cfg.model
     kind = plain(m.latent)
@@ -82,7 +95,8 @@ def build_model(cfg) -> LatentModel:
                                    hidden=m.hidden, recurrent=bool(m.recurrent))
     latent_dim = m.latent_dim if m.latent_dim is not None else (200 if kind == "bernoulli" else 20)
     return MODELS["vae"](latent=kind, latent_dim=latent_dim, classes=m.classes,
-                         hidden=list(m.hidden), kl=plain(m.kl), objective=plain(m.objective))
+                         hidden=list(m.hidden), kl=plain(m.kl), objective=plain(m.objective),
+                         prior=plain(m.prior), slope=float(m.slope))
 
 
 def build_data(d, device: torch.device):
@@ -162,8 +176,8 @@ class Batches:
     """Minibatch indices from a permutation of the training set made on the device, one epoch at
     a time (the last incomplete batch of an epoch is dropped)."""
 
-    def __init__(self, n: int, batch_size: int, device: torch.device):
-        self.n, self.bs, self.device = n, batch_size, device
+    def __init__(self, n: int, batch_size: int, device: torch.device, generator: torch.Generator):
+        self.n, self.bs, self.device, self.generator = n, batch_size, device, generator
         self.per_epoch = n // batch_size
         self.epoch, self.pos, self.perm = 0, 0, None
 
@@ -171,7 +185,7 @@ class Batches:
         if self.perm is None or self.pos >= self.per_epoch:
             if self.perm is not None:
                 self.epoch += 1
-            self.perm, self.pos = torch.randperm(self.n, device=self.device), 0
+            self.perm, self.pos = torch.randperm(self.n, device=self.device, generator=self.generator), 0
         idx = self.perm[self.pos * self.bs:(self.pos + 1) * self.bs]
         self.pos += 1
         return idx
@@ -261,7 +275,15 @@ class Trainer:
         # small ops per tensor (the step 250 us -> 95 us on the default VAE, CPU); experiment.optim
         self.opt = Adam(params, lr=float(cfg.train.lr))
         n = self.data.n("train") if self.data is not None else 0
-        self.batches = Batches(n, int(cfg.train.batch_size), self.device)
+        # the data stream (epoch order, dynamic binarization) has its own generator, seeded by
+        # the seed alone: runs with the same seed see the same minibatches whatever the estimator
+        # or learning rate, which is what makes comparisons across seeds paired (README, "Seeds")
+        self.data_gen = torch.Generator(device=self.device).manual_seed(int(cfg.seed) + DATA_STREAM)
+        self.batches = Batches(n, int(cfg.train.batch_size), self.device, self.data_gen)
+        # model selection (README, "Model selection"): the best validation step's model is kept
+        # in best.pt and evaluated on test at the end, next to the final model
+        self.select = selection_metric(self.model, cfg)
+        self.best: dict = {"step": None, "value": None}
         self._no_data = torch.empty(int(cfg.train.batch_size), 0, device=self.device)
         self._like = torch.empty((), device=self.device)       # dtype and device of the noise
         self._forward = self.forward_pass
@@ -326,7 +348,7 @@ class Trainer:
     def next_batch(self) -> torch.Tensor:
         if self.data is None:            # the toy problem: batch_size independent draws, no data
             return self._no_data
-        return self.inputs("train", self.batches.next())
+        return self.inputs("train", self.batches.next(), generator=self.data_gen)
 
     def train_step(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         self.estimator.set_step(self.step)
@@ -405,9 +427,10 @@ class Trainer:
         return res["loss" if "loss" in res else "exact_loss"].mean().item()
 
     @torch.no_grad()
-    def evaluate(self, split: str, samples_list: list[int]) -> dict[str, float]:
+    def evaluate(self, split: str, samples_list: list[int], step: int | None = None) -> dict[str, float]:
         self.model.eval()
-        self.eval_gen.manual_seed(int(self.cfg.seed) * 1000003 + self.step)
+        step = self.step if step is None else step
+        self.eval_gen.manual_seed(int(self.cfg.seed) * 1000003 + step)
         x = self.inputs(split) if self.data is not None else torch.empty(1, 0, device=self.device)
         out: dict[str, float] = {}
         for s in samples_list:
@@ -425,6 +448,7 @@ class Trainer:
         return {"step": self.step, "elapsed": self.elapsed, "model": self.model.state_dict(),
                 "estimator": self.estimator.state_dict(), "optimizer": self.opt.state_dict(),
                 "batches": self.batches.state_dict(), "rng": rng, "skipped": self.skipped,
+                "data_rng": self.data_gen.get_state(), "best": dict(self.best),
                 "log_accumulator": {"sum": self._loss_sum, "n": self._n_sum},
                 "probe": self.probe.state_dict() if self.probe is not None else {},
                 "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
@@ -547,6 +571,9 @@ class Trainer:
         self.estimator.load_state_dict(s["estimator"])
         self.opt.load_state_dict(s["optimizer"])
         self.batches.load_state_dict(s["batches"])
+        if "data_rng" in s:
+            self.data_gen.set_state(s["data_rng"].cpu())
+        self.best = dict(s.get("best", self.best))
         torch.set_rng_state(s["rng"]["cpu"].cpu())
         if "cuda" in s["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(s["rng"]["cuda"].cpu(), self.device)
@@ -677,6 +704,8 @@ class Trainer:
         logs.metrics.log(self.step, self.batches.epoch, wall if self.step else 0.0, split, ev)
         if not all(math.isfinite(v) for v in ev.values()):
             raise Diverged(self.step, f"{split} metrics")
+        if split == "valid":
+            self.consider_best(ev)
         if self.step:
             log.info("step %d %s %s", self.step, split, " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
 
@@ -691,8 +720,24 @@ class Trainer:
         self.elapsed = self.clock.elapsed()
         self.save()
 
+    def consider_best(self, valid: dict[str, float]) -> None:
+        """After a validation evaluation: keep the model in best.pt if it is the best so far on
+        the selection metric (ties keep the earlier step)."""
+        if self.select is None:
+            return
+        value = valid[self.select]
+        best = self.best["value"]
+        if best is not None and not (value > best if higher_is_better(self.select) else value < best):
+            return
+        self.best = {"step": self.step, "value": value}
+        save_checkpoint(self.out / BEST, {"step": self.step, "metric": f"valid/{self.select}",
+                                          "valid": dict(valid), "model": self.model.state_dict()},
+                        keep_previous=False)
+
     def final_phase(self, logs) -> dict[str, float]:
-        """The final evaluation (valid, and test with eval.final_samples too) and checkpoint."""
+        """The final evaluation and checkpoint: the final model on valid (a selection candidate
+        too) and on test (eval.samples and eval.final_samples); then, with model selection, the
+        best validation step's model (best.pt) on test, into ``self.best_metrics``."""
         if logs.bar is not None:
             logs.bar.close()
         self.check_finite()
@@ -710,9 +755,34 @@ class Trainer:
                 final.update({f"{split}/{k}": v for k, v in ev.items()})
                 if not all(math.isfinite(v) for v in ev.values()):
                     raise Diverged(self.step, f"final {split} metrics")
+                if split == "valid":
+                    self.consider_best(ev)
+            self.best_metrics = self.evaluate_best(final, samples)
         self.elapsed = self.clock.elapsed()
         self.save()
         return final
+
+    def evaluate_best(self, final: dict[str, float], samples: list[int]) -> dict | None:
+        """summary.json's ``best``: the step, the selection metric and the valid and test metrics
+        of the best validation step's model (the final model's when that step is the last)."""
+        if self.select is None:
+            return None
+        step = self.best["step"]
+        head = {"step": step, "metric": f"valid/{self.select}"}
+        if step == self.step:
+            return {**head, **final}
+        kept, _ = read_checkpoint(self.out / BEST, self.device)
+        if kept is None or int(kept["step"]) != step:
+            raise RuntimeError(f"{self.out / BEST} does not hold the model of the best validation "
+                               f"step {step} (found {None if kept is None else kept['step']})")
+        now = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        try:
+            self.model.load_state_dict(kept["model"])
+            test = self.evaluate("test", samples, step=step)
+        finally:
+            self.model.load_state_dict(now)
+        return {**head, **{f"valid/{k}": v for k, v in kept["valid"].items()},
+                **{f"test/{k}": v for k, v in test.items()}}
 
     @contextlib.contextmanager
     def _logs(self):
@@ -794,6 +864,7 @@ class Trainer:
             "steps": int(self.cfg.train.steps),
             "error": error,
             "final": final,
+            "best": getattr(self, "best_metrics", None) if status == "completed" else None,
             "main_metric": m.main_metric,
             "skipped_steps": self.skipped,
             "timings": {"elapsed_s": round(self.elapsed, 3), "eval_s_this_session": round(eval_s, 3),

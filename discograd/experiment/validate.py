@@ -94,6 +94,13 @@ def _build_estimator(cfg) -> None:
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg)
         build_estimator(cfg.estimator, model.kind, model.latent_shape)
+    select = str(cfg.eval.select)
+    names = model.metric_names(int(cfg.eval.samples))
+    if select not in ("auto", "none") and (select not in names or not model.needs_data):
+        accepted = "auto, none" + (", " + ", ".join(names) if model.needs_data else "")
+        raise ConfigError(f"eval.select={select} is invalid for model '{model.name}'"
+                          + ("" if model.needs_data else " (it has no validation split)")
+                          + f"; accepted: {accepted}")
 
 
 def _validate_attention_and_canvas(cfg) -> None:

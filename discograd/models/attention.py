@@ -52,6 +52,9 @@ class Attention(LatentModel):
     needs_labels = True
     main_metric = "accuracy"
 
+    def metric_names(self, samples: int) -> tuple[str, ...]:
+        return ("accuracy", "nll", "accuracy_argmax", "nll_argmax", "loss")
+
     def __init__(self, image_size: int = 28, glimpses: int = 4, grid: int = 7, patch: int = 8,
                  scales: int = 2, context: int = 7, hidden: int = 256, recurrent: bool = False,
                  classes: int = 10):

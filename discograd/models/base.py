@@ -22,6 +22,7 @@ class LatentModel(nn.Module):
         row (:func:`with_labels`; the model splits it off with :func:`split_labels`), so that every
         path that hands ``x`` to the model (training step, evaluation, diagnostic probe) carries it.
     main_metric: the metric name (test split) reported as the run's headline.
+    select_metric(samples): the validation metric that picks the best step (``eval.select=auto``).
     """
 
     name: ClassVar[str] = ""
@@ -29,6 +30,13 @@ class LatentModel(nn.Module):
     needs_labels: ClassVar[bool] = False
     sequential: ClassVar[bool] = False
     main_metric: ClassVar[str] = "loss"
+
+    def select_metric(self, samples: int) -> str:
+        return self.main_metric
+
+    def metric_names(self, samples: int) -> tuple[str, ...]:
+        """The metrics :meth:`evaluate` returns with ``samples`` (what ``eval.select`` accepts)."""
+        return (self.main_metric,)
     kind: str
     latent_shape: tuple[int, ...]
 
@@ -75,3 +83,9 @@ def with_labels(x: Tensor, y: Tensor) -> Tensor:
 def split_labels(x: Tensor) -> tuple[Tensor, Tensor]:
     """(pixels ``[B, D]``, labels int64 ``[B]``) from :func:`with_labels` inputs."""
     return x[..., :-1], x[..., -1].round().long()
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a logged metric: bounds, ELBOs and accuracies grow, losses shrink."""
+    name = metric.split("/")[-1]
+    return name.startswith(("bound_", "elbo", "accuracy"))

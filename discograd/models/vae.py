@@ -1,11 +1,13 @@
 """Variational autoencoder with one stochastic layer of discrete latents on binarized MNIST.
 
 q(z | x): Bernoulli(sigmoid(enc(x))) over ``latent_dim`` units, or ``latent_dim`` independent
-categoricals of ``classes`` classes (Jang et al. 2016, section 4.2). p(z): factorised with learned
-logits (as in ARM/DisARM/RELAX). p(x | z): Bernoulli(sigmoid(dec(z))) over 784 pixels, the decoder's
+categoricals of ``classes`` classes (Jang et al. 2016, section 4.2). p(z): factorised, with learned
+logits (``prior=learned``, as in ARM linear/DisARM/RELAX) or fixed uniform (``prior=uniform``, Jang
+et al. 2016 section 4.2 and the ARM nonlinear code). p(x | z): Bernoulli(sigmoid(dec(z))) over 784 pixels, the decoder's
 output bias initialised to the logit of the training data mean (Dong et al. 2020 code).
 ``hidden=[]`` is the linear model of ARM/DisARM (784-200 encoder, 200-784 decoder); e.g.
-``hidden=[200, 200]`` is nonlinear with LeakyReLU (slope 0.3 as in the DisARM code), the decoder
+``hidden=[200, 200]`` is nonlinear with LeakyReLU (``slope`` 0.3 as in the DisARM code; the ARM
+code has 0.1), the decoder
 mirroring the encoder.
 
 Objective (negative ELBO, Kingma & Welling 2014 eq. 3):
@@ -65,13 +67,23 @@ def kl_divergence(logits: Tensor, prior_logits: Tensor, kind: str) -> Tensor:
     return (logq.exp() * (logq - logp)).sum((-1, -2))
 
 
+PRIORS = ("learned", "uniform")
+
+
 class VAE(LatentModel):
     name = "vae"
     main_metric = "elbo"
 
+    def select_metric(self, samples: int) -> str:
+        return f"bound_{samples}"       # the papers select on validation log-likelihood
+
+    def metric_names(self, samples: int) -> tuple[str, ...]:
+        return ("loss", "elbo", f"bound_{samples}")
+
     def __init__(self, latent: str = "bernoulli", latent_dim: int = 200, classes: int = 10,
                  hidden: list[int] | tuple[int, ...] = (), kl: str = "analytic",
-                 slope: float = 0.3, x_dim: int = 784, objective: str = "elbo"):
+                 slope: float = 0.3, x_dim: int = 784, objective: str = "elbo",
+                 prior: str = "learned"):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ConfigError(f"model.objective={objective!r} is invalid; accepted: {', '.join(OBJECTIVES)}")
@@ -84,7 +96,17 @@ class VAE(LatentModel):
         hidden = [int(h) for h in hidden]
         self.encoder = mlp([x_dim, *hidden, width], slope)
         self.decoder = mlp([width, *reversed(hidden), x_dim], slope)
-        self.prior_logits = nn.Parameter(torch.zeros(self.latent_shape))
+        if prior not in PRIORS:
+            raise ConfigError(f"model.prior={prior!r} is invalid; accepted: {', '.join(PRIORS)}")
+        if not (math.isfinite(slope) and slope >= 0):
+            raise ConfigError(f"model.slope={slope} is invalid: it must be a finite number >= 0")
+        # learned: prior logits trained with the model (DisARM, ARM linear); uniform: fixed at 0,
+        # i.e. Bernoulli(1/2) / uniform categorical (Jang et al. 2016 §4.2, ARM nonlinear code)
+        zeros = torch.zeros(self.latent_shape)
+        if prior == "learned":
+            self.prior_logits = nn.Parameter(zeros)
+        else:
+            self.register_buffer("prior_logits", zeros)
 
     @torch.no_grad()
     def set_data_mean(self, mean: Tensor) -> None:
@@ -127,7 +149,8 @@ class VAE(LatentModel):
         return list(self.encoder.parameters())
 
     def decoder_parameters(self):
-        return list(self.decoder.parameters()) + [self.prior_logits]
+        learned = [self.prior_logits] if isinstance(self.prior_logits, nn.Parameter) else []
+        return list(self.decoder.parameters()) + learned
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, samples: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:

@@ -1,0 +1,210 @@
+"""``python -m analysis.reproduce PRESET [--budget B] [--seeds N] ...``: one command per published table.
+
+It runs the preset's estimators (``preset.estimators``) x its hyperparameter grid (``preset.grid``:
+keys an estimator does not have are skipped for it) x seeds 0..N-1, one Hydra multirun per
+estimator into ``OUT/<estimator>/`` (joblib here, submitit on a cluster), then writes
+``OUT/reproduction.md``: ours (selected on validation, at the best validation step, mean ± 95 % CI,
+significance marks) next to the published numbers, the preset's sources, deviations and unconfirmed
+fields, and the budget. ``--budget`` scales ``train.steps`` (a reduced run says so); evaluation and
+checkpoint periods follow, with at most ``--evals`` validation evaluations per run. Rerunning the
+same command resumes: completed runs are skipped, interrupted ones resume from their checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm", "slurm_cpu", "slurm_gpu")
+
+
+def flat_grid(grid) -> dict[str, list]:
+    """``{train: {lr: [a, b]}}`` -> ``{"train.lr": [a, b]}``."""
+    out: dict[str, list] = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out[key] = list(v) if isinstance(v, (list, tuple)) else [v]
+    if grid:
+        walk(OmegaConf.to_container(grid, resolve=True) if OmegaConf.is_config(grid) else grid, "")
+    return out
+
+
+def parse_grid_overrides(items: list[str]) -> dict[str, list]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"reproduce: --grid {item!r} is invalid; expected KEY=V1,V2,...")
+        key, values = item.split("=", 1)
+        out[key] = [v for v in values.split(",") if v]
+    return out
+
+
+def scaled(value: int, budget: float) -> int:
+    return max(1, int(round(value * budget)))
+
+
+def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
+         grid_override: dict[str, list], max_evals: int, extra: list[str]) -> dict:
+    """Everything the runs need, checked before any starts: per estimator, its overrides."""
+    from discograd.estimators import ConfigError
+    from discograd.experiment.config import compose_config
+    from discograd.experiment.validate import validate
+    if not (budget > 0):
+        raise SystemExit(f"reproduce: --budget {budget} is invalid: it must be > 0 (1 = the paper's steps)")
+    if seeds < 1:
+        raise SystemExit(f"reproduce: --seeds {seeds} is invalid: it must be >= 1")
+    try:
+        base = compose_config([f"+experiment={preset}", *extra])
+    except Exception as e:  # noqa: BLE001 - Hydra's own message names the missing preset
+        raise SystemExit(f"reproduce: cannot compose +experiment={preset}: {e}")
+    if base.get("preset") is None:
+        raise SystemExit(f"reproduce: {preset} is not a paper preset (it sets no preset: block)")
+    p = base.preset
+    names = estimators or list(p.estimators) or sorted(p.published)
+    if not names:
+        raise SystemExit(f"reproduce: preset {preset} names no estimators; pass --estimators")
+    grid = flat_grid(p.grid)
+    grid.update(grid_override)
+    tr = base.train
+    steps = scaled(int(tr.steps), budget)
+    every = max(scaled(int(tr.eval_every), budget), math.ceil(steps / max(1, max_evals)))
+    common = [f"+experiment={preset}", f"train.steps={steps}", f"train.eval_every={every}",
+              f"train.checkpoint_every={every}",
+              f"train.log_every={min(max(scaled(int(tr.log_every), budget), steps // 100), steps)}"]
+    if int(base.diagnostics.every) > 0:
+        common.append(f"diagnostics.every={max(scaled(int(base.diagnostics.every), budget), every)}")
+    jobs = {}
+    for name in names:
+        try:
+            cfg = compose_config([*common, f"estimator={name}", *extra])
+        except Exception as e:  # noqa: BLE001
+            raise SystemExit(f"reproduce: estimator={name} does not compose with {preset}: {e}")
+        keys = {k: v for k, v in grid.items() if OmegaConf.select(cfg, k, default=None) is not None}
+        for point in _points(keys):      # every grid point is a valid config, before any run
+            try:
+                validate(compose_config([*common, f"estimator={name}", *extra,
+                                         *[f"{k}={v}" for k, v in point.items()]]))
+            except ConfigError as e:
+                raise SystemExit(f"reproduce: estimator={name} with {point}: {e}")
+        jobs[name] = {"grid": keys, "overrides": [*common, f"estimator={name}",
+                                                  f"seed={','.join(map(str, range(seeds)))}",
+                                                  *[f"{k}={','.join(map(str, v))}" for k, v in keys.items()],
+                                                  *extra]}
+    return {"preset": preset, "budget": budget, "steps": steps, "paper_steps": int(tr.steps),
+            "eval_every": every, "seeds": seeds, "grid": grid, "jobs": jobs, "cfg": base}
+
+
+def _points(grid: dict[str, list]) -> list[dict]:
+    points = [{}]
+    for k, vs in grid.items():
+        points = [{**p, k: v} for p in points for v in vs]
+    return points
+
+
+def command(out: Path, name: str, overrides: list[str], launcher: str, jobs: int) -> list[str]:
+    launch = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
+    if launcher == "joblib":
+        launch.append(f"hydra.launcher.n_jobs={jobs}")
+    return [sys.executable, "-m", "discograd", "-m", *overrides, *launch,
+            f"hydra.sweep.dir={out / name}", "report.sweep=false", "train.progress=log"]
+
+
+def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | None) -> Path:
+    """OUT/reproduction.md (and OUT/analysis/: report.md, figures, tidy tables)."""
+    from .report import make_report
+    from .runs import collect
+    from .tables import caption, results_table, to_markdown
+    report = make_report(out, out / "analysis", select=sorted({k for j in p["jobs"].values()
+                                                               for k in j["grid"]}))
+    runs = collect(out).runs
+    table = results_table(runs, keys=sorted({k for j in p["jobs"].values() for k in j["grid"]}))
+    pre = p["cfg"].preset
+    reduced = p["budget"] < 1
+    lines = [f"# Reproduction: `{p['preset']}` — {pre.source}", "",
+             f"Command: `python -m analysis.reproduce {' '.join(shlex.quote(a) for a in argv)}`", "",
+             f"- **Budget: {p['budget']:g}** of the paper's steps: {p['steps']} of {p['paper_steps']} "
+             + ("(**reduced**: numbers are not comparable to the published ones at face value)"
+                if reduced else "(full)"),
+             f"- Seeds: 0..{p['seeds'] - 1}; validation every {p['eval_every']} steps; the best "
+             "validation step's model is the one reported (eval.select).",
+             "- Grid (selected per estimator on validation): " + (", ".join(
+                 f"`{k}` ∈ {{{', '.join(map(str, v))}}}" for k, v in p["grid"].items()) or "none"),
+             f"- Published metric: `{pre.metric}`; protocol: {pre.protocol}",
+             f"- Runs: {len(runs)} ({', '.join(f'{n} {s}' for s, n in runs.status.value_counts().items())})"
+             + (f"; wall time of this command {seconds / 60:.1f} min" if seconds else ""),
+             "", "## Ours next to the published numbers", "", caption(table), "", to_markdown(table),
+             "## Deviations from the source (deliberate or unavoidable)", ""]
+    lines += [f"- {d}" for d in pre.deviations] or ["- none listed"]
+    lines += ["", "## Fields no primary source confirmed", ""]
+    lines += [f"- {d}" for d in pre.unconfirmed] or ["- none"]
+    lines += ["", f"Figures, tidy tables and the full report: [analysis/report.md]({report.relative_to(out)}).", ""]
+    path = out / "reproduction.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m analysis.reproduce", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("preset", help="a paper preset in discograd/configs/experiment/ (e.g. arm2019_linear)")
+    ap.add_argument("--budget", type=float, default=1.0, help="fraction of the paper's steps (default 1)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    ap.add_argument("--estimators", default=None, help="comma-separated (default: the preset's)")
+    ap.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="replace one grid key's values (repeatable), e.g. train.lr=1e-3,3e-4")
+    ap.add_argument("--no-grid", action="store_true", help="no hyperparameter grid: the preset's values")
+    ap.add_argument("--evals", type=int, default=10, help="at most this many validation evaluations per run")
+    ap.add_argument("--launcher", default="joblib", choices=LAUNCHERS)
+    ap.add_argument("--jobs", type=int, default=2, help="parallel jobs of the joblib launcher")
+    ap.add_argument("--out", default=None, help="output folder (default reproductions/PRESET-bB-sN)")
+    ap.add_argument("--report-only", action="store_true", help="only (re)write the tables from OUT")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                    help="an extra config override for every run (repeatable), e.g. diagnostics.every=0")
+    a = ap.parse_args(argv)
+    grid_override = parse_grid_overrides(a.grid)
+    p = plan(a.preset, a.budget, a.seeds, a.estimators.split(",") if a.estimators else None,
+             grid_override, a.evals, a.overrides)
+    if a.no_grid:
+        for j in p["jobs"].values():
+            j["overrides"] = [o for o in j["overrides"] if o.split("=")[0] not in j["grid"]]
+            j["grid"] = {}
+        p["grid"] = {}
+    out = Path(a.out or f"reproductions/{a.preset}-b{a.budget:g}-s{a.seeds}")
+    cmds = {name: command(out, name, j["overrides"], a.launcher, a.jobs) for name, j in p["jobs"].items()}
+    if a.dry_run:
+        for c in cmds.values():
+            print(shlex.join(c))
+        return 0
+    t0 = time.time()
+    if not a.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, c in cmds.items():
+            print(f"reproduce: {name}: {shlex.join(c[2:])}", flush=True)
+            r = subprocess.run(c)
+            if r.returncode != 0:          # a failed job: the table still shows what finished
+                print(f"reproduce: estimator {name}: the multirun exited with {r.returncode}",
+                      file=sys.stderr)
+    try:
+        path = write_reproduction(out, p, argv, None if a.report_only else time.time() - t0)
+    except FileNotFoundError as e:
+        print(f"reproduce: nothing to report: {e}", file=sys.stderr)
+        return 1
+    print(f"reproduction: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
