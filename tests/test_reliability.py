@@ -69,6 +69,7 @@ def same_run(a: Path, b: Path):
     sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
     assert sb["status"] == "completed" and sb["step"] == sa["step"]
     assert sb["final"] == sa["final"]                      # bit-for-bit on CPU
+    assert sb["best"] == sa["best"] and sb["best"]["step"] is not None   # model selection too
     ra, rb = rows(a / "metrics.csv"), rows(b / "metrics.csv")
     assert len(rb) == len(set(rb)), "duplicated rows"
     assert rb == ra                                        # nothing missing, nothing extra

@@ -62,6 +62,7 @@ def main_column(runs: pd.DataFrame, at: str) -> str | None:
     runs have it, else the largest-K test bound, else accuracy, exact loss or loss."""
     if "preset.metric" in runs.columns:
         named = runs["preset.metric"].dropna().astype(str)
+        named = named[named.str.strip() != ""]
         if len(named):
             col = f"{at}.{named.iloc[0].split()[0]}"
             if col in runs.columns and runs[col].notna().any():
