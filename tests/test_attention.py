@@ -388,8 +388,8 @@ def test_refused_combinations_fail_before_training(tmp_path, overrides, words):
     (["model.recurrent=true", "estimator=reinforce", "estimator.baseline=learned"], 0.3),
 ])
 def test_short_training_run_beats_chance_and_draws_attention_maps(tmp_path, setup, chance_margin):
-    """300 steps on real grey-level MNIST beat chance (10 %) by a wide margin (observed: about
-    60 % for recurrent REINFORCE)."""
+    """300 steps on real grey-level MNIST beat chance (10 %) by a wide margin (recurrent REINFORCE
+    observed 39 %, 56 %, 34 % for seeds 0, 1, 2; chance on 10 000 test images is 10 % +- 0.3 %)."""
     out = tmp_path / "run"
     r = run_py("model=attention", "data=mnist_grey", *setup, "model.hidden=64",
                "train.steps=300", "train.log_every=100", "train.eval_every=300",
