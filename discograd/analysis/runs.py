@@ -117,6 +117,8 @@ def collect(path: str | Path) -> Collection:
         row.update({f"final.{k}": v for k, v in (summary.get("final") or {}).items()})
         row.update({f"best.{k}": v for k, v in (summary.get("best") or {}).items()})
         row.update({f"timings.{k}": v for k, v in (summary.get("timings") or {}).items()})
+        if isinstance(summary.get("estimator"), dict) and "evals" in summary["estimator"]:
+            row["evals_per_step"] = summary["estimator"]["evals"]     # f evaluations per example
         if summary.get("error"):
             row["error"] = json.dumps(summary["error"])
         rows.append(row)

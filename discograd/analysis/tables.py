@@ -175,6 +175,8 @@ def results_table(runs: pd.DataFrame, at: str = "auto", keys: list[str] | None =
             row["published"] = g[pub].dropna().iloc[0]
             row["published metric"] = g["preset.metric"].dropna().iloc[0] \
                 if "preset.metric" in g.columns and g["preset.metric"].notna().any() else ""
+        if "evals_per_step" in g.columns and g["evals_per_step"].notna().any():
+            row["f-evals/step"] = g["evals_per_step"].max()        # the cost per step, per example
         if "timings.steps_per_s" in g.columns:
             row["steps/s"] = g["timings.steps_per_s"].mean()
         row["_runs"] = g
@@ -214,13 +216,22 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
+def _mean_ci(mean: float, half: float) -> str:
+    """``149.97 ± 0.40``: the mean to the precision of its interval (two significant digits of it)."""
+    if half is None or pd.isna(half) or math.isinf(half) or half <= 0:
+        return f"{mean:.4g} ± {_fmt(half, 2) or 'n/a'}"
+    d = min(6, max(0, 1 - math.floor(math.log10(half))))
+    return f"{mean:.{d}f} ± {half:.{d}f}"
+
+
 def _cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     names = [c[:-5] for c in table.columns if c.endswith(" mean")]
     header = ["model", "estimator"]
     if "setting" in table.columns and table["setting"].astype(str).str.len().gt(0).any():
         header.append("selected setting")
     header += ["n", *[f"{n} (± ci95)" for n in names]]
-    extra = [c for c in ("vs best", "p (Holm)", "best step", "published", "published metric", "steps/s")
+    extra = [c for c in ("vs best", "p (Holm)", "best step", "published", "published metric",
+                         "f-evals/step", "steps/s")
              if c in table.columns]
     header += extra
     body = []
@@ -230,11 +241,12 @@ def _cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             cells.append(str(r.get("setting", "")))
         cells.append(str(int(r["n"])))
         for n in names:
-            m = r.get(f"{n} mean")
-            cells.append("" if pd.isna(m) else f"{m:.4g} ± {_fmt(r.get(f'{n} ci95'), 2)}")
+            m, h = r.get(f"{n} mean"), r.get(f"{n} ci95")
+            cells.append("" if pd.isna(m) else _mean_ci(m, h))
         for e in extra:
             v = r.get(e)
-            cells.append(_fmt(v, 2) if e == "p (Holm)" else _fmt(v))
+            cells.append(_fmt(v, 2) if e == "p (Holm)" else
+                         str(int(v)) if e in ("f-evals/step", "best step") and not pd.isna(v) else _fmt(v))
         body.append(cells)
     return header, body
 
