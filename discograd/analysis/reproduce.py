@@ -12,6 +12,7 @@ same command resumes: completed runs are skipped, interrupted ones resume from t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import subprocess
@@ -197,8 +198,16 @@ def main(argv=None) -> int:
             if r.returncode != 0:          # a failed job: the table still shows what finished
                 print(f"reproduce: estimator {name}: the multirun exited with {r.returncode}",
                       file=sys.stderr)
+    record = out / "reproduce.json"       # the command that ran the runs, for --report-only
+    if a.report_only and record.exists():
+        ran = json.loads(record.read_text())
+        argv, seconds = ran["argv"], ran["seconds"]
+    else:
+        seconds = None if a.report_only else time.time() - t0
+        if not a.report_only:
+            record.write_text(json.dumps({"argv": argv, "seconds": seconds}))
     try:
-        path = write_reproduction(out, p, argv, None if a.report_only else time.time() - t0)
+        path = write_reproduction(out, p, argv, seconds)
     except FileNotFoundError as e:
         print(f"reproduce: nothing to report: {e}", file=sys.stderr)
         return 1
