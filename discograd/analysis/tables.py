@@ -173,8 +173,8 @@ def results_table(runs: pd.DataFrame, at: str = "auto", keys: list[str] | None =
         pub = f"preset.published.{est}"
         if pub in g.columns and g[pub].notna().any():
             row["published"] = g[pub].dropna().iloc[0]
-            row["published metric"] = g["preset.metric"].dropna().iloc[0] \
-                if "preset.metric" in g.columns and g["preset.metric"].notna().any() else ""
+            named = g["preset.metric"].dropna().astype(str) if "preset.metric" in g.columns else []
+            row["published metric"] = named.iloc[0].split()[0] if len(named) and named.iloc[0].strip() else ""
         if "evals_per_step" in g.columns and g["evals_per_step"].notna().any():
             row["f-evals/step"] = g["evals_per_step"].max()        # the cost per step, per example
         if "timings.steps_per_s" in g.columns:
