@@ -229,7 +229,7 @@ def test_reproduce_runs_and_writes_the_side_by_side_table(tmp_path):
     md = (out / "reproduction.md").read_text()
     assert "**Budget: 0.01**" in md and "reduced" in md and "a test deviation" in md
     assert "| toy | st | 2 |" in md and "0.25" in md          # ours with n, next to the published
-    assert (out / "analysis" / "report.md").exists()
+    assert (out / "analysis" / "report.md").exists() and "Still improving at the end?" in md
     # a rerun resumes: nothing is trained again
     r2 = subprocess.run([sys.executable, "-m", "analysis.reproduce", "tucker_toy_045", "--budget", "0.01",
                          "--seeds", "2", "--estimators", "st,reinforce", "--out", str(out),

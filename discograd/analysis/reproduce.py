@@ -130,6 +130,7 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
                                                                for k in j["grid"]}))
     runs = collect(out).runs
     table = results_table(runs, keys=sorted({k for j in p["jobs"].values() for k in j["grid"]}))
+    table.attrs["keys"] = sorted({k for j in p["jobs"].values() for k in j["grid"]})
     pre = p["cfg"].preset
     reduced = p["budget"] < 1
     lines = [f"# Reproduction: `{p['preset']}` — {pre.source}", "",
@@ -149,10 +150,40 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
     lines += [f"- {d}" for d in pre.deviations] or ["- none listed"]
     lines += ["", "## Fields no primary source confirmed", ""]
     lines += [f"- {d}" for d in pre.unconfirmed] or ["- none"]
+    lines += ["", "## Still improving at the end?", "",
+              "The validation metric at the last two evaluations of the selected runs (mean over "
+              "seeds), and its change per 1000 steps: a large change says the budget, not the "
+              "estimator, limits the number.", "", *convergence(out, table, runs)]
     lines += ["", f"Figures, tidy tables and the full report: [analysis/report.md]({report.relative_to(out)}).", ""]
     path = out / "reproduction.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def convergence(out: Path, table, runs) -> list[str]:
+    """Markdown rows: per estimator label, the validation metric at its last two evaluations."""
+    from .runs import collect
+    from .report import selected_runs
+    from .tables import which_model
+    col = collect(out)
+    keys = [k for k in (table.attrs.get("keys") or []) if k in runs.columns]
+    ids = selected_runs(col.runs, keys, which_model(col.runs)) if keys else set(col.runs.run)
+    m = col.metrics[col.metrics.run.isin(ids) & (col.metrics.split == "valid")]
+    rows = ["| estimator | valid metric | step | value | last step | value | change per 1000 steps |",
+            "|---|---|---|---|---|---|---|"]
+    for label, g in m.groupby("label"):
+        name = next((n for n in sorted(g.metric.unique()) if n.startswith("bound_")), None) or g.metric.iloc[0]
+        g = g[g.metric == name]
+        steps = sorted(g.step.unique())
+        if len(steps) < 2:
+            continue
+        a, b = steps[-2], steps[-1]
+        sign = -1.0 if name.startswith(("bound_", "elbo")) else 1.0     # bounds as positive nats
+        va, vb = sign * g[g.step == a].value.mean(), sign * g[g.step == b].value.mean()
+        shown = f"-{name}" if sign < 0 else name
+        rows.append(f"| {label} | {shown} | {a} | {va:.2f} | {b} | {vb:.2f} | "
+                    f"{(vb - va) / (b - a) * 1000:+.2f} |")
+    return rows
 
 
 def main(argv=None) -> int:
