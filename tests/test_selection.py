@@ -222,7 +222,7 @@ def test_reproduce_runs_and_writes_the_side_by_side_table(tmp_path):
     r = subprocess.run([sys.executable, "-m", "analysis.reproduce", "tucker_toy_045", "--budget", "0.01",
                         "--seeds", "2", "--estimators", "st,reinforce", "--out", str(out),
                         "--set", "diagnostics.every=0", "--set", "+preset.published.st=0.25",
-                        "--set", "+preset.deviations=[a test deviation]"],
+                        "--set", "preset.deviations=[a test deviation]"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -234,6 +234,6 @@ def test_reproduce_runs_and_writes_the_side_by_side_table(tmp_path):
     r2 = subprocess.run([sys.executable, "-m", "analysis.reproduce", "tucker_toy_045", "--budget", "0.01",
                          "--seeds", "2", "--estimators", "st,reinforce", "--out", str(out),
                          "--set", "diagnostics.every=0", "--set", "+preset.published.st=0.25",
-                         "--set", "+preset.deviations=[a test deviation]"],
+                         "--set", "preset.deviations=[a test deviation]"],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0 and "nothing to do" in r2.stderr + r2.stdout
