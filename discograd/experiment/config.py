@@ -280,10 +280,11 @@ def help_text() -> str:
             out.append(f"  {p.stem:<22} {_summary(p)}")
         out.append("")
     out += ["common keys: seed, device=auto|cpu|cuda, train.steps, train.batch_size, train.lr,",
-            "  train.log_every, train.eval_every, train.checkpoint_every, train.resume, eval.samples,",
+            "  train.log_every, train.eval_every, train.checkpoint_every, train.resume, eval.samples, eval.select,",
             "  diagnostics.every, diagnostics.estimators, diagnostics.reference, report.run",
             "  (all keys, defaults and meanings: README.md, 'Config keys'; docs/design.md)",
             "launchers: hydra/launcher=joblib (this machine), submitit_slurm (a cluster), submitit_local",
+            "a paper's table: python -m analysis.reproduce PRESET [--budget B] [--seeds N] (README, 'Comparisons')",
             "Hydra's own options: python run.py --hydra-help"]
     return "\n".join(out)
 
