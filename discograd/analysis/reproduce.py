@@ -126,11 +126,12 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
     from .report import make_report
     from .runs import collect
     from .tables import caption, results_table, to_markdown
-    report = make_report(out, out / "analysis", select=sorted({k for j in p["jobs"].values()
-                                                               for k in j["grid"]}))
     runs = collect(out).runs
-    table = results_table(runs, keys=sorted({k for j in p["jobs"].values() for k in j["grid"]}))
-    table.attrs["keys"] = sorted({k for j in p["jobs"].values() for k in j["grid"]})
+    # the grid keys of the runs made so far (a key of one estimator only appears with its runs)
+    keys = sorted({k for j in p["jobs"].values() for k in j["grid"]} & set(runs.columns))
+    report = make_report(out, out / "analysis", select=keys)
+    table = results_table(runs, keys=keys)
+    table.attrs["keys"] = keys
     pre = p["cfg"].preset
     reduced = p["budget"] < 1
     lines = [f"# Reproduction: `{p['preset']}` — {pre.source}", "",
