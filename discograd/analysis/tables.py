@@ -93,8 +93,17 @@ def selection_column(runs: pd.DataFrame, at: str) -> str | None:
     return None
 
 
+def _value(v) -> str:
+    """A config value as the user wrote it: 1000, not the 1000.0 of a column with gaps."""
+    if pd.isna(v):
+        return ""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return str(v)
+
+
 def _setting(row: pd.Series, keys: list[str]) -> tuple:
-    return tuple("" if pd.isna(row.get(k)) else str(row.get(k)) for k in keys)
+    return tuple(_value(row.get(k)) for k in keys)
 
 
 def _describe(keys: list[str], setting: tuple) -> str:
