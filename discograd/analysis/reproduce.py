@@ -126,12 +126,12 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
     from .report import make_report
     from .runs import collect
     from .tables import caption, results_table, to_markdown
-    runs = collect(out).runs
+    col = collect(out)
+    runs = col.runs
     # the grid keys of the runs made so far (a key of one estimator only appears with its runs)
     keys = sorted({k for j in p["jobs"].values() for k in j["grid"]} & set(runs.columns))
     report = make_report(out, out / "analysis", select=keys)
     table = results_table(runs, keys=keys)
-    table.attrs["keys"] = keys
     pre = p["cfg"].preset
     reduced = p["budget"] < 1
     lines = [f"# Reproduction: `{p['preset']}` — {pre.source}", "",
@@ -154,20 +154,18 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
     lines += ["", "## Still improving at the end?", "",
               "The validation metric at the last two evaluations of the selected runs (mean over "
               "seeds), and its change per 1000 steps: a large change says the budget, not the "
-              "estimator, limits the number.", "", *convergence(out, table, runs)]
+              "estimator, limits the number.", "", *convergence(col, keys)]
     lines += ["", f"Figures, tidy tables and the full report: [analysis/report.md]({report.relative_to(out)}).", ""]
     path = out / "reproduction.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def convergence(out: Path, table, runs) -> list[str]:
-    """Markdown rows: per estimator label, the validation metric at its last two evaluations."""
-    from .runs import collect
+def convergence(col, keys: list[str]) -> list[str]:
+    """Markdown rows: per estimator label (its selected runs), the validation metric at its last
+    two evaluations."""
     from .report import selected_runs
     from .tables import which_model
-    col = collect(out)
-    keys = [k for k in (table.attrs.get("keys") or []) if k in runs.columns]
     ids = selected_runs(col.runs, keys, which_model(col.runs)) if keys else set(col.runs.run)
     m = col.metrics[col.metrics.run.isin(ids) & (col.metrics.split == "valid")]
     rows = ["| estimator | valid metric | step | value | last step | value | change per 1000 steps |",
