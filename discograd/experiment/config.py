@@ -148,6 +148,10 @@ class TrainConfig:
     progress: Progress = Progress.auto
     on_nan: OnNaN = OnNaN.stop
     compile: bool = False      # torch.compile the step's forward pass (model + estimator + extra)
+    # N runs with seeds seed..seed+N-1 trained together in one process, vectorised (torch.func);
+    # each writes its own run folder <run dir>/seed=<s> (experiment/replicas.py)
+    replicas: int = 1
+    cuda_graphs: bool = False  # CUDA only: capture the whole step in a CUDA graph and replay it
 
 
 @dataclass
@@ -311,7 +315,8 @@ RESUMABLE_KEYS = (
     "train.log_every", "train.eval_every", "train.checkpoint_every",  # when, not what
     "train.progress", "train.resume", "train.wait",
     "train.on_nan",                      # a policy for a failure (e.g. skip to rescue a run)
-    "device", "train.compile",           # the same computation, elsewhere or compiled (resume
+    "train.replicas",                    # how runs share a process, not what one run computes
+    "device", "train.compile", "train.cuda_graphs",  # the same computation, elsewhere or compiled (resume
                                          # is bit-identical only on the same device and mode)
     "eval.final_samples",                # the final evaluation only
     "data.cache_dir",                    # where MNIST is cached; its content is checksummed

@@ -33,6 +33,7 @@ from .validate import validate
 
 log = logging.getLogger("discograd")
 DATA_STREAM = 1 << 40  # the data generator's seed is seed + DATA_STREAM (Trainer._build)
+NOISE_STREAM = 1 << 42  # the estimator noise generator's seed is seed + NOISE_STREAM
 LOSS_CHECK = 256     # training losses kept on the device between checks (Trainer._check_losses)
 
 
@@ -124,6 +125,19 @@ def finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.isfinite(torch.stack(torch._foreach_norm(tensors, ord=math.inf))).all()
 
 
+def step_forward(model: LatentModel, estimator: Estimator, x: torch.Tensor, u: torch.Tensor):
+    """(surrogate, per-example loss [B], stats) of one minibatch of a non-sequential model: the
+    estimator's Estimate plus the model's direct terms (docs/design.md, "One training step")."""
+    logits = model.logits(x)
+    est = estimator(logits, model.objective(x, logits), u=u)
+    extra = model.extra_loss(x, logits)
+    surrogate, loss = est.surrogate, est.loss
+    if extra is not None:
+        surrogate = surrogate + extra.mean()
+        loss = loss + extra.detach()
+    return surrogate, loss, est.stats
+
+
 class SimpleRun:
     """What ``Trainer.fit`` hands back through its guard: the final metrics and the summary."""
 
@@ -199,11 +213,15 @@ class Batches:
 
 class Trainer:
     def __init__(self, cfg: DictConfig, out_dir: Path, interactive: bool = False,
-                 hydra_files: dict[str, str] | None = None):
+                 hydra_files: dict[str, str] | None = None, data=None, tag: str = ""):
         """``hydra_files``: Hydra's .hydra/*.yaml texts, written once the folder is held (so a
-        refused command never overwrites the folder's own)."""
+        refused command never overwrites the folder's own). ``data``: an already loaded data set
+        of the same ``data`` config (the members of a replica group share one); ``tag``: a prefix
+        of this run's log lines (a replica's seed)."""
         self.cfg, self.out = cfg, Path(out_dir)
         self.interactive = interactive
+        self._shared_data, self.tag = data, tag
+        self.replica: dict | None = None     # {"index", "of", "group"} when trained as a replica
         self.out.mkdir(parents=True, exist_ok=True)
         check_writable(self.out)
         self.lock = RunLock(self.out)
@@ -263,7 +281,8 @@ class Trainer:
             self._diag_reference = diagnostics.parse_reference(dg.reference, self.model)
         self.data = None
         if self.model.needs_data:
-            self.data = build_data(cfg.data, self.device)
+            self.data = self._shared_data if self._shared_data is not None \
+                else build_data(cfg.data, self.device)
             self.model.set_data_mean(self.data.train_mean())
         self.model.to(self.device)
         self.estimator.to(self.device)
@@ -280,6 +299,10 @@ class Trainer:
         # or learning rate, which is what makes comparisons across seeds paired (README, "Seeds")
         self.data_gen = torch.Generator(device=self.device).manual_seed(int(cfg.seed) + DATA_STREAM)
         self.batches = Batches(n, int(cfg.train.batch_size), self.device, self.data_gen)
+        # the estimator's uniforms have a generator of their own too, so that nothing else that
+        # draws random numbers (a diagnostic probe, another run in the same process: the replicas
+        # of train.replicas) moves the training noise of this seed
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(int(cfg.seed) + NOISE_STREAM)
         # model selection (README, "Model selection"): the best validation step's model is kept
         # in best.pt and evaluated on test at the end, next to the final model
         self.select = selection_metric(self.model, cfg)
@@ -356,14 +379,12 @@ class Trainer:
         # forward pass (e.g. RELAX's variance objective, computed with torch.autograd.grad)
         self.opt.zero_grad()
         if self.model.sequential:   # the model drives the rollout through the estimator's hooks
-            est = self.model.sequential_estimate(x, self.estimator)
+            est = self.model.sequential_estimate(x, self.estimator, self.draw_noise(x))
             surrogate, loss, stats = est.surrogate, est.loss, est.stats
         else:
             # the estimator's uniforms are drawn here, eagerly, exactly as the estimator would draw
             # them itself: the random stream is the same with and without train.compile
-            u = uniform(self.estimator.noise_shape((x.shape[0], *self.model.latent_shape)),
-                        self._like)
-            surrogate, loss, stats = self._forward(x, u)
+            surrogate, loss, stats = self._forward(x, self.draw_noise(x))
         surrogate.backward()
         loss = loss.mean()
         if self.skip_nan:                   # opt-in: one host sync per step
@@ -380,17 +401,15 @@ class Trainer:
         self.opt.step()
         return loss, stats
 
+    def draw_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """The uniforms of this step's estimate, from the run's noise generator."""
+        return uniform(self.estimator.noise_shape((x.shape[0], *self.model.latent_shape)),
+                       self._like, generator=self.noise_gen)
+
     def forward_pass(self, x: torch.Tensor, u: torch.Tensor):
         """(surrogate, per-example loss [B], stats) of one minibatch, for non-sequential models:
         the part of a step that ``train.compile=true`` hands to torch.compile."""
-        logits = self.model.logits(x)
-        est = self.estimator(logits, self.model.objective(x, logits), u=u)
-        extra = self.model.extra_loss(x, logits)
-        surrogate, loss = est.surrogate, est.loss
-        if extra is not None:
-            surrogate = surrogate + extra.mean()
-            loss = loss + extra.detach()
-        return surrogate, loss, est.stats
+        return step_forward(self.model, self.estimator, x, u)
 
     def _check_losses(self) -> None:
         """Check the training losses kept since the last check (one sync); raise Diverged at the
@@ -445,10 +464,11 @@ class Trainer:
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"step": self.step, "elapsed": self.elapsed, "model": self.model.state_dict(),
-                "estimator": self.estimator.state_dict(), "optimizer": self.opt.state_dict(),
+        return {"step": self.step, "elapsed": self.elapsed, "model": owned(self.model.state_dict()),
+                "estimator": owned(self.estimator.state_dict()), "optimizer": self.opt.state_dict(),
                 "batches": self.batches.state_dict(), "rng": rng, "skipped": self.skipped,
-                "data_rng": self.data_gen.get_state(), "best": dict(self.best),
+                "data_rng": self.data_gen.get_state(), "noise_rng": self.noise_gen.get_state(),
+                "best": dict(self.best),
                 "log_accumulator": {"sum": self._loss_sum, "n": self._n_sum},
                 "probe": self.probe.state_dict() if self.probe is not None else {},
                 "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
@@ -573,6 +593,8 @@ class Trainer:
         self.batches.load_state_dict(s["batches"])
         if "data_rng" in s:
             self.data_gen.set_state(s["data_rng"].cpu())
+        if "noise_rng" in s:
+            self.noise_gen.set_state(s["noise_rng"].cpu())
         self.best = dict(s.get("best", self.best))
         torch.set_rng_state(s["rng"]["cpu"].cpu())
         if "cuda" in s["rng"] and self.device.type == "cuda":
@@ -630,32 +652,42 @@ class Trainer:
                      self.out, done["step"])
             return done
         resumed = self.try_resume()
-        steps, every = int(self.cfg.train.steps), self._periods()
+        steps = int(self.cfg.train.steps)
         with self._logs() as logs, self._guard() as run:
             if not resumed and self.step == 0:
-                self.evaluate_phase(logs)
-                self.probe_phase(logs)
-                self.clock.mark(self.step)
+                self.start_phase(logs)
             while self.step < steps:
                 x = self.next_batch()
                 self.account(*self.train_step(x))
-                s = self.step
-                if s % every["log"] == 0 or s == steps:
-                    self.log_phase(logs, x)
-                with self.clock.paused():       # not training time: excluded from steps_per_s
-                    if s % every["eval"] == 0 and s != steps:
-                        self.evaluate_phase(logs)
-                    if s % every["probe"] == 0:
-                        self.probe_phase(logs)
-                    if s % every["checkpoint"] == 0 and s != steps:
-                        self.checkpoint_phase()
+                self.after_step(logs, x)
                 if self._signal is not None:
                     raise Interrupted(self._signal)
             run.final = self.final_phase(logs)
         return run.summary
 
     # --- the phases of fit ------------------------------------------------------------------------
-    def _periods(self) -> dict[str, int]:
+    def start_phase(self, logs) -> None:
+        """Before the first step of a fresh run: evaluate and probe the initial model."""
+        self.evaluate_phase(logs)
+        self.probe_phase(logs)
+        self.clock.mark(self.step)
+
+    def after_step(self, logs, x: torch.Tensor) -> None:
+        """What follows a step that brought the run to ``self.step``: log, evaluate, probe,
+        checkpoint, each at its period."""
+        s, steps, every = self.step, int(self.cfg.train.steps), self._every
+        if s % every["log"] == 0 or s == steps:
+            self.log_phase(logs, x)
+        with self.clock.paused():       # not training time: excluded from steps_per_s
+            if s % every["eval"] == 0 and s != steps:
+                self.evaluate_phase(logs)
+            if s % every["probe"] == 0:
+                self.probe_phase(logs)
+            if s % every["checkpoint"] == 0 and s != steps:
+                self.checkpoint_phase()
+
+    @property
+    def _every(self) -> dict[str, int]:
         tr, never = self.cfg.train, 1 << 62
         return {"log": int(tr.log_every), "eval": int(tr.eval_every),
                 "checkpoint": int(tr.checkpoint_every),
@@ -693,7 +725,7 @@ class Trainer:
             logs.bar.update(s - logs.bar.n)
             logs.bar.set_postfix_str(msg)
         else:
-            log.info("step %d/%d %s", s, int(self.cfg.train.steps), msg)
+            log.info("%sstep %d/%d %s", self.tag, s, int(self.cfg.train.steps), msg)
 
     def evaluate_phase(self, logs) -> None:
         """The periodic evaluation of the main split (valid; the toy: test) with eval.samples."""
@@ -707,7 +739,7 @@ class Trainer:
         if split == "valid":
             self.consider_best(ev)
         if self.step:
-            log.info("step %d %s %s", self.step, split, " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+            log.info("%sstep %d %s %s", self.tag, self.step, split, " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
 
     def probe_phase(self, logs) -> None:
         if self.probe is None:
@@ -731,7 +763,7 @@ class Trainer:
             return
         self.best = {"step": self.step, "value": value}
         save_checkpoint(self.out / BEST, {"step": self.step, "metric": f"valid/{self.select}",
-                                          "valid": dict(valid), "model": self.model.state_dict()},
+                                          "valid": dict(valid), "model": owned(self.model.state_dict())},
                         keep_previous=False)
 
     def final_phase(self, logs) -> dict[str, float]:
@@ -813,15 +845,32 @@ class Trainer:
         (an interruption writes a checkpoint of finite parameters, then passes the signal on, e.g.
         to submitit's requeue); any other error is recorded as ``failed`` and re-raised. The
         summary is written to summary.json in every case."""
-        run = SimpleRun()
-        self.clock = Stopwatch(self.elapsed, self.step)
-        previous = self._install_signals()
-        status, error = "completed", None
+        run = self.open_session()
         try:
             yield run
+        except BaseException as e:
+            self.close_session(run, e)
+        else:
+            self.close_session(run, None)
+
+    def open_session(self, signals: bool = True) -> SimpleRun:
+        """Start the clock (and, unless ``signals`` is False, catch SIGTERM / SIGUSR1 / SIGUSR2)."""
+        self.clock = Stopwatch(self.elapsed, self.step)
+        self._previous_handlers = self._install_signals() if signals else {}
+        return SimpleRun()
+
+    def close_session(self, run: SimpleRun, exc: BaseException | None, pass_on: bool = True) -> None:
+        """End a session with the status that ``exc`` (None: completed) means, write summary.json.
+        ``pass_on``: after an interruption, hand the signal to the previous handler and exit
+        (a replica group does that once for all its members)."""
+        previous = self._previous_handlers
+        status, error = "completed", None
+        try:
+            if exc is not None:
+                raise exc
         except Diverged as e:
             status, error = "diverged", {"step": e.step, "quantity": e.quantity, "message": str(e)}
-            log.error("run diverged: %s", e)
+            log.error("%srun diverged: %s", self.tag, e)
         except (KeyboardInterrupt, Interrupted) as e:
             sig = e.signum if isinstance(e, Interrupted) else signal.SIGINT
             status, error = "interrupted", {"step": self.step, "signal": signal.Signals(sig).name}
@@ -846,7 +895,7 @@ class Trainer:
             signal.signal(sig, handler)
         run.summary = self._summary_now(status, run.final, error)
         write_json(self.out / "summary.json", run.summary)
-        if status == "interrupted" and self._signal is not None:
+        if status == "interrupted" and self._signal is not None and pass_on:
             handler = previous.get(self._signal)
             if callable(handler):           # e.g. submitit's: requeue the job
                 handler(self._signal, None)
@@ -875,10 +924,18 @@ class Trainer:
                       "parameters": sum(p.numel() for p in m.parameters())},
             "device": str(self.device),
             "seed": int(self.cfg.seed),
+            **({"replica": self.replica} if self.replica else {}),
             "config_fingerprint": self.fingerprint,
             "fingerprinted_config": self.fingerprinted,
             "versions": versions(),
         }
+
+
+def owned(state: dict) -> dict:
+    """A state_dict whose tensors own their memory: a replica's parameters are views into the
+    stacked tensors of its group (experiment/replicas.py), and torch.save writes a view's whole
+    storage."""
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def _show(value) -> str:
@@ -960,6 +1017,8 @@ def hydra_entry(cfg: DictConfig):
     hydra_files = {"config.yaml": OmegaConf.to_yaml(cfg),
                    "hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
                    "overrides.yaml": OmegaConf.to_yaml(hc.overrides.task)}
+    if int(cfg.train.replicas) > 1:
+        return replica_entry(cfg, out, sweep, hydra_files)
     try:
         trainer = Trainer(cfg, out, interactive=interactive, hydra_files=hydra_files)
     except ConfigError as e:
@@ -980,3 +1039,39 @@ def hydra_entry(cfg: DictConfig):
     if summary["status"] == "diverged" and not sweep:
         sys.exit(3)
     return summary["final"].get(f"test/{trainer.model.main_metric}")
+
+
+def _refused(e: ConfigError, sweep: bool):
+    """A refused configuration: re-raised in a sweep (Hydra records the job's failure), else the
+    message on stderr and exit code 2 (75: the run folder is in use)."""
+    what, code = ("run folder in use", 75) if isinstance(e, FolderInUse) else \
+        ("invalid configuration", 2)
+    log.error("%s: %s", what, e)
+    if sweep:
+        raise e
+    print(f"discograd: {what}: {e}", file=sys.stderr)
+    sys.exit(code)
+
+
+def replica_entry(cfg: DictConfig, out: Path, sweep: bool, hydra_files: dict[str, str]):
+    """``train.replicas=N``: the N members train in one process (experiment/replicas.py), each in
+    its run folder ``out/seed=<s>``; returns the mean over the members of the test main metric."""
+    from .replicas import ReplicaGroup
+    try:
+        group = ReplicaGroup(cfg, out, hydra_files=hydra_files)
+        try:
+            summaries = group.fit()
+        finally:
+            group.close()
+    except ConfigError as e:
+        _refused(e, sweep)
+    main = group.members[0].model.main_metric
+    for m, s in zip(group.members, summaries):
+        log.info("%s%s; run folder %s", m.tag, report(s), m.out)
+    if bool(cfg.report.run) and not sweep:
+        write_report(out)
+    if any(s["status"] == "diverged" for s in summaries) and not sweep:
+        sys.exit(3)
+    values = [s["final"].get(f"test/{main}") for s in summaries]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(values) / len(values) if values else None

@@ -44,6 +44,7 @@ def validate(cfg) -> None:
     _validate_objective_pairing(cfg)
     _int_at_least("train.steps", train.steps, 0)
     _int_at_least("train.batch_size", train.batch_size, 1)
+    _int_at_least("train.replicas", train.replicas, 1)
     _positive("train.lr", train.lr)
     for key in ("log_every", "eval_every", "checkpoint_every"):
         _int_at_least(f"train.{key}", train[key], 1)
