@@ -229,6 +229,32 @@ class ReplicaGroup:
         # randomness="error": every random number of a step is drawn outside, by the member's
         # own generators; a draw inside would not be the separate run's
         self._vstep = vmap(one, randomness="error")
+        self._graphed = None
+        if bool(self.cfg.train.cuda_graphs):      # experiment/graphs.py
+            from .graphs import GraphedStep
+            self._graphed = GraphedStep(self._backward_step, self._snapshot, self._restore,
+                                        self._zero_grad, f"a group of {len(active)} replicas")
+
+    def _backward_step(self, X: torch.Tensor, U: torch.Tensor):
+        """The vmapped forward, one backward of the summed surrogates, one Adam step:
+        (per-replica mean loss [N], stats of [N])."""
+        surrogate, loss, stats = self._vstep(self._inputs(), X, U)
+        surrogate.sum().backward()
+        self.opt.step()
+        return loss.mean(-1), stats
+
+    def _zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _snapshot(self) -> tuple:
+        return ({n: t.detach().clone() for n, t in self.stacked.items()}, self.opt.state_dict())
+
+    def _restore(self, saved: tuple) -> None:
+        with torch.no_grad():
+            for n, t in self.stacked.items():
+                t.copy_(saved[0][n])
+        self.opt.load_state_dict(saved[1])
 
     def _inputs(self) -> dict[str, torch.Tensor]:
         return {n: (t.transpose(1, 2) if self.transposed[n] else t) for n, t in self.stacked.items()}
@@ -248,12 +274,11 @@ class ReplicaGroup:
         ref = next(i for i in range(len(active)) if i in live)
         X = torch.stack([x if x is not None else torch.zeros_like(xs[ref]) for x in xs])
         U = torch.stack([u if u is not None else torch.full_like(us[ref], 0.5) for u in us])
-        for p in self.params:
-            p.grad = None
-        surrogate, loss, stats = self._vstep(self._inputs(), X, U)
-        surrogate.sum().backward()
-        self.opt.step()
-        loss = loss.mean(-1)
+        if self._graphed is not None:
+            loss, stats = self._graphed(X, U)
+        else:
+            self._zero_grad()
+            loss, stats = self._backward_step(X, U)
         for i in live:
             active[i].account(loss[i], {k: v[i] for k, v in stats.items()})
         return xs

@@ -259,6 +259,8 @@ class Trainer:
             raise ConfigError(f"train.compile=true cannot compile model '{self.model.name}': its "
                               "latents are sequential (the model drives the rollout step by step); "
                               "accepted: train.compile=false")
+        from .graphs import check_cuda_graphs
+        check_cuda_graphs(cfg, self.device, self.model.sequential, self.model.name)
         if bool(cfg.train.compile) and self.estimator.not_compilable:
             raise ConfigError(f"train.compile=true cannot compile estimator '{self.estimator.name}': "
                               f"{self.estimator.not_compilable}; accepted: train.compile=false")
@@ -314,6 +316,11 @@ class Trainer:
             # shapes never change during training (the last incomplete batch is dropped), so one
             # static graph; floats such as the temperature are graph inputs (no recompilation)
             self._forward = torch.compile(self.forward_pass, dynamic=False)
+        self._graphed = None
+        if bool(cfg.train.cuda_graphs):      # captured at the first step (experiment/graphs.py)
+            from .graphs import GraphedStep
+            self._graphed = GraphedStep(self._backward_step, self._snapshot, self._restore,
+                                        self.opt.zero_grad, f"estimator '{self.estimator.name}'")
         self.step = 0
         self.elapsed = 0.0            # training + eval seconds over all sessions (resume-safe)
         self.skip_nan = plain(cfg.train.on_nan) == "skip"
@@ -375,6 +382,8 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         self.estimator.set_step(self.step)
+        if self._graphed is not None:       # train.cuda_graphs: the same step, replayed
+            return self._graphed(x, self.draw_noise(x))
         # zero first: an estimator with parameters of its own may write their gradients during its
         # forward pass (e.g. RELAX's variance objective, computed with torch.autograd.grad)
         self.opt.zero_grad()
@@ -400,6 +409,23 @@ class Trainer:
         # non-finite gradient at the last step before them.
         self.opt.step()
         return loss, stats
+
+    def _backward_step(self, x: torch.Tensor, u: torch.Tensor):
+        """Forward, backward and Adam on a non-sequential model, gradients not reset: the step
+        that train.cuda_graphs captures. (mean loss, stats)."""
+        surrogate, loss, stats = self._forward(x, u)
+        surrogate.backward()
+        self.opt.step()
+        return loss.mean(), stats
+
+    def _snapshot(self) -> tuple:
+        return (owned(self.model.state_dict()), owned(self.estimator.state_dict()),
+                self.opt.state_dict())
+
+    def _restore(self, saved: tuple) -> None:
+        self.model.load_state_dict(saved[0])
+        self.estimator.load_state_dict(saved[1])
+        self.opt.load_state_dict(saved[2])
 
     def draw_noise(self, x: torch.Tensor) -> torch.Tensor:
         """The uniforms of this step's estimate, from the run's noise generator."""
