@@ -60,8 +60,9 @@ class Adam:
 
     # --- torch.optim.Adam's state_dict format ---------------------------------------------------
     def state_dict(self) -> dict:
-        state = {i: {"step": self.steps[i].clone(), "exp_avg": self.exp_avg[i].clone(),
-                     "exp_avg_sq": self.exp_avg_sq[i].clone()}
+        dense = torch.contiguous_format      # a replica's moments are views (experiment/replicas.py)
+        state = {i: {"step": self.steps[i].clone(), "exp_avg": self.exp_avg[i].clone(memory_format=dense),
+                     "exp_avg_sq": self.exp_avg_sq[i].clone(memory_format=dense)}
                  for i in range(len(self.params)) if float(self.steps[i]) > 0}
         groups, start = [], 0
         for g in self.param_groups:

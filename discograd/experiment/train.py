@@ -961,7 +961,8 @@ def owned(state: dict) -> dict:
     """A state_dict whose tensors own their memory: a replica's parameters are views into the
     stacked tensors of its group (experiment/replicas.py), and torch.save writes a view's whole
     storage."""
-    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) if isinstance(v, torch.Tensor)
+            else v for k, v in state.items()}
 
 
 def _show(value) -> str:
