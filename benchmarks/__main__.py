@@ -16,8 +16,9 @@ peak memory (resident set size on CPU, the CUDA allocator's peak on a GPU) is it
 - startup: wall time of ``python run.py model=toy train.steps=1`` against ``import torch``.
 - sweep: a 3 x 3 multirun with the basic launcher against hydra/launcher=joblib (2 jobs).
 - memory: peak memory of the harness and of the plain loop, each alone in its process.
-- replicas: N copies of the default VAE trained in one process with torch.func over stacked
-  parameters, against N = 1 (does ``train.replicas=N`` pay on this device?).
+- replicas: ``train.replicas=N`` (N = 1, 4, 8, 16, 32; CUDA: 1, 16, 64, 256, eager and with
+  ``train.cuda_graphs=true``), aggregate replica-steps/s against N sequential harness runs and N
+  plain loops, per estimator (the five of benchmarks.plain), linear VAE batch 50.
 - defaults: README command 1's run (``python run.py``: gradient diagnostics and the report on, as
   by default) against the same run with ``diagnostics.every=0 report.run=false``: what the
   default diagnostics and report cost.
@@ -53,9 +54,11 @@ NOTES = {
                 "probes' time (summary.json), report_s: the report's (run.log); overhead: "
                 "default / without - 1. --quick: 10,000 steps instead of 50,000.",
     "sweep": "wall seconds of the whole multirun; speedup = basic / joblib.",
-    "replicas": "replica-steps/s (N x steps/s) of N vectorised copies of the plain Gumbel VAE, median of "
-                "blocks of 100 steps; ratio_to_1: against N = 1 with the same code; ratio_to_plain_loop: "
-                "against one plain loop of the same model (benchmarks.plain).",
+    "replicas": "aggregate replica-steps/s (N x a member's logged steps/s) of train.replicas=N on the "
+                "linear VAE (batch 50), median over log intervals after a warm-up one; "
+                "sequential_harness_steps_s: the steps/s of one ordinary run (= the aggregate of N "
+                "runs one after another), measured before and after the groups (mean); "
+                "plain_loops_steps_s: the same for the plain loop; ratios: group / those.",
     "memory": "peak memory in MiB of a child process that runs only that side (CPU: peak resident "
               "set size, which includes the ~300 MiB of the torch import; CUDA: allocator peak).",
 }
@@ -103,7 +106,7 @@ def run_case(case: dict) -> list[dict]:
                                     case.get("part", "both"))]
     if bench == "replicas":
         from . import replicas
-        return replicas.run(device, tuple(case["sizes"]), repeats=case["repeats"])
+        return replicas.run_case(case["estimator"], device, tuple(case["sizes"]), case["repeats"])
     raise ValueError(f"unknown benchmark case {case}")
 
 
@@ -130,8 +133,11 @@ def cases(name: str, device: str, quick: bool, repeats: int) -> list[dict]:
         return [{**base, "bench": "eval", "samples": 1000, "images": 1000 if quick else 10000,
                  "repeats": 1}]
     if name == "replicas":
-        sizes = (1, 4) if quick else ((1, 8, 64, 256) if device == "cuda" else (1, 4, 16))
-        return [{**base, "bench": "replicas", "sizes": list(sizes), "repeats": min(repeats, 3)}]
+        from .plain import ESTIMATORS
+        sizes = (1, 4) if quick else ((1, 16, 64, 256) if device == "cuda" else (1, 4, 8, 16, 32))
+        ests = ("gumbel",) if quick else ESTIMATORS
+        return [{**base, "bench": "replicas", "estimator": e, "sizes": list(sizes),
+                 "repeats": min(repeats, 3)} for e in ests]
     if name == "memory":
         out = []
         for m in ("vae", "vae_nonlinear", "toy"):

@@ -1,85 +1,66 @@
-"""Would ``train.replicas=N`` pay? N independent copies of the default VAE (N seeds of one
-configuration) trained in one process, vectorised with torch.func over stacked parameters
-(``stack_module_state`` + ``vmap(grad(...))`` + one fused Adam over the stacked tensors), against
-the same code with N = 1 and against one plain loop (benchmarks.plain, gumbel). Reported:
-replica-steps/s (N x steps/s) and the ratios. A small
-model cannot fill a large GPU, so on CUDA the ratio is expected to grow with N; on a CPU that one
-replica already keeps busy it cannot.
+"""``train.replicas=N``: the aggregate training throughput of N replicas in one process (the real
+harness, experiment/replicas.py) against N sequential harness runs and N plain loops, measured in
+the same process, per estimator.
 
-The model is the plain Gumbel-softmax VAE of benchmarks.plain (tau = 1, analytic KL); each
-replica draws its own minibatch, binarization and noise.
+- group: replica-steps/s = N x the steps/s that a member logs (its own training time; the group's
+  evaluation is switched off, as in the train benchmark), median over log intervals after a
+  warm-up interval.
+- sequential: N separate harness runs one after another do N x the steps in N x the time of one,
+  so their aggregate replica-steps/s is the steps/s of one ordinary run (``Trainer``, the same
+  measurement as ``benchmarks train``), measured before and after the groups (the mean of both).
+- plain: the same for N plain loops (benchmarks.plain).
+On CUDA every size is also measured with ``train.cuda_graphs=true`` (``cuda_graphs`` true); there
+``ratio_to_sequential`` is the gain over one eager GPU run.
 """
 from __future__ import annotations
 
-import copy
-import time
+import csv
+import tempfile
 
 import torch
-import torch.nn.functional as F
 
-from .common import median, peak_memory_mb, sync
-from .plain import PlainVAE, VAENet
+from .common import compose, median, peak_memory_mb
 
 
-class _GumbelVAE(VAENet):
-    """The linear VAENet with its Gumbel-softmax (tau = 1) loss as forward."""
-
-    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        logits = self.enc(x)
-        out = self.dec(torch.sigmoid(logits + torch.log(u) - torch.log1p(-u)))
-        nll = (F.softplus(out) - x * out).sum(-1)
-        return (nll + self.kl(logits)).mean()
-
-
-def rate(n: int, X: torch.Tensor, steps: int, repeats: int, batch: int = 50) -> list[float]:
-    """Replica-steps/s of ``repeats`` blocks of ``steps`` steps (after one warm-up block)."""
-    from torch.func import functional_call, grad, stack_module_state, vmap
-    device = X.device
-    models = [_GumbelVAE(X.mean(0)).to(device) for _ in range(n)]
-    params, _ = stack_module_state(models)
-    template = copy.deepcopy(models[0]).to("meta")
-    opt = torch.optim.Adam(list(params.values()), lr=1e-3, fused=True)
-    gfn = vmap(grad(lambda p, x, u: functional_call(template, p, (x, u))), in_dims=(0, 0, 0),
-               randomness="different")
-
-    def step():
-        idx = torch.randint(0, len(X), (n, batch), device=device)
-        x = (torch.rand(n, batch, 784, device=device) < X[idx]).float()
-        u = torch.rand(n, batch, 200, device=device).clamp_(1e-6, 1 - 1e-6)
-        grads = gfn(params, x, u)
-        for k, p in params.items():
-            p.grad = grads[k]
-        opt.step()
-
-    out = []
-    for _ in range(repeats + 1):
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(device)
-        out.append(n * steps / (time.perf_counter() - t0))
-    return out[1:]
+def group_rates(est: str, n: int, device: torch.device, intervals: int, graphs: bool = False,
+                model: str = "vae") -> list[float]:
+    """Replica-steps/s of each log interval of a real group of n replicas (first dropped)."""
+    from discograd.experiment.replicas import ReplicaGroup, member_folder
+    from discograd.experiment.train import Trainer
+    from .train import MODELS
+    every = max(20, 1000 // n)
+    cfg = compose([*MODELS[model][0], f"estimator={est}", f"device={device.type}",
+                   "train.eval_every=1000000000", "train.checkpoint_every=1000000000",
+                   "eval.samples=1", "eval.final_samples=0", "eval.select=none",
+                   "train.progress=log", "diagnostics.every=0", "report.run=false",
+                   f"train.log_every={every}", f"train.steps={every * (intervals + 1)}",
+                   f"train.replicas={n}", f"train.cuda_graphs={str(graphs).lower()}"])
+    with tempfile.TemporaryDirectory() as out:
+        runner = ReplicaGroup(cfg, out) if n > 1 else Trainer(cfg, out)
+        try:
+            runner.fit()
+        finally:
+            runner.close()
+        folder = member_folder(out, int(cfg.seed)) if n > 1 else out
+        with open(f"{folder}/metrics.csv", newline="") as fh:
+            rates = [float(r["value"]) for r in csv.DictReader(fh) if r["metric"] == "steps_per_s"]
+    return [n * r for r in rates[1:]]
 
 
-def run(device: torch.device, sizes: tuple[int, ...], steps: int = 100, repeats: int = 3) -> list[dict]:
-    from discograd.experiment.data import load_mnist
-    X = torch.as_tensor(load_mnist()["train"][0]).to(device=device, dtype=torch.float32) / 256
-    loop = PlainVAE(torch.as_tensor(load_mnist()["train"][0]), "gumbel", device=device)
-
-    def plain_block():
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            loop.step()
-        sync(device)
-        return steps / (time.perf_counter() - t0)
-    plain_block()
-    plain = median([plain_block() for _ in range(repeats)])
-    rows, base = [], None
-    for n in sizes:
-        r = median(rate(n, X, steps, repeats))
-        base = base or r
-        rows.append({"replicas": n, "replica_steps_s": r, "ratio_to_1": r / base,
-                     "ratio_to_plain_loop": r / plain, "peak_mb": peak_memory_mb(device)})
+def run_case(est: str, device: torch.device, sizes: tuple[int, ...], repeats: int) -> list[dict]:
+    """The rows of one estimator: every size (and, on CUDA, with graphs too)."""
+    from .train import harness_rates, plain_rates
+    single = median(harness_rates("vae", est, device, repeats, False)[0][1:])
+    plain = median(plain_rates("vae", est, device, repeats, 500)[1:])
+    rows = []
+    for graphs in ((False, True) if device.type == "cuda" else (False,)):
+        for n in sizes:
+            r = median(group_rates(est, n, device, repeats, graphs))
+            rows.append({"estimator": est, "replicas": n, "cuda_graphs": graphs,
+                         "group_replica_steps_s": r, "peak_mb": peak_memory_mb(device)})
+    single = (single + median(harness_rates("vae", est, device, repeats, False)[0][1:])) / 2
+    for row in rows:
+        row.update({"sequential_harness_steps_s": single, "plain_loops_steps_s": plain,
+                    "ratio_to_sequential": row["group_replica_steps_s"] / single,
+                    "ratio_to_plain": row["group_replica_steps_s"] / plain})
     return rows
