@@ -57,7 +57,7 @@ NOTES = {
     "replicas": "aggregate replica-steps/s (N x a member's logged steps/s) of train.replicas=N on the "
                 "linear VAE (batch 50), median over log intervals after a warm-up one; "
                 "sequential_harness_steps_s: the steps/s of one ordinary run (= the aggregate of N "
-                "runs one after another), measured before and after the groups (mean); "
+                "runs one after another), measured just before and just after each group (mean); "
                 "plain_loops_steps_s: the same for the plain loop; ratios: group / those.",
     "memory": "peak memory in MiB of a child process that runs only that side (CPU: peak resident "
               "set size, which includes the ~300 MiB of the torch import; CUDA: allocator peak).",

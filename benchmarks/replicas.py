@@ -7,7 +7,8 @@ the same process, per estimator.
   warm-up interval.
 - sequential: N separate harness runs one after another do N x the steps in N x the time of one,
   so their aggregate replica-steps/s is the steps/s of one ordinary run (``Trainer``, the same
-  measurement as ``benchmarks train``), measured before and after the groups (the mean of both).
+  measurement as ``benchmarks train``), measured just before and just after each group (the mean
+  of both: the machine's speed drifts).
 - plain: the same for N plain loops (benchmarks.plain).
 On CUDA every size is also measured with ``train.cuda_graphs=true`` (``cuda_graphs`` true); there
 ``ratio_to_sequential`` is the gain over one eager GPU run.
@@ -48,19 +49,23 @@ def group_rates(est: str, n: int, device: torch.device, intervals: int, graphs: 
 
 
 def run_case(est: str, device: torch.device, sizes: tuple[int, ...], repeats: int) -> list[dict]:
-    """The rows of one estimator: every size (and, on CUDA, with graphs too)."""
+    """The rows of one estimator: every size (and, on CUDA, with graphs too). A shared VM's speed
+    drifts by tens of percent over minutes, so the ordinary run is measured between every two
+    groups, and each group is compared with the mean of the two measurements around it."""
     from .train import harness_rates, plain_rates
-    single = median(harness_rates("vae", est, device, repeats, False)[0][1:])
+
+    def single() -> float:
+        return median(harness_rates("vae", est, device, repeats, False)[0][1:])
     plain = median(plain_rates("vae", est, device, repeats, 500)[1:])
-    rows = []
+    rows, before = [], single()
     for graphs in ((False, True) if device.type == "cuda" else (False,)):
         for n in sizes:
             r = median(group_rates(est, n, device, repeats, graphs))
+            after = single()
+            seq = (before + after) / 2
             rows.append({"estimator": est, "replicas": n, "cuda_graphs": graphs,
-                         "group_replica_steps_s": r, "peak_mb": peak_memory_mb(device)})
-    single = (single + median(harness_rates("vae", est, device, repeats, False)[0][1:])) / 2
-    for row in rows:
-        row.update({"sequential_harness_steps_s": single, "plain_loops_steps_s": plain,
-                    "ratio_to_sequential": row["group_replica_steps_s"] / single,
-                    "ratio_to_plain": row["group_replica_steps_s"] / plain})
+                         "group_replica_steps_s": r, "sequential_harness_steps_s": seq,
+                         "plain_loops_steps_s": plain, "ratio_to_sequential": r / seq,
+                         "ratio_to_plain": r / plain, "peak_mb": peak_memory_mb(device)})
+            before = after
     return rows

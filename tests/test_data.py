@@ -343,3 +343,42 @@ def test_static_identical_on_cpu_and_cuda(mnist):
     for split in data.SPLITS:
         assert torch.equal(cpu.full(split), gpu.full(split).cpu())
     assert gpu.batch("train", torch.arange(5)).device.type == "cuda"
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST (data=fashion_mnist): Debian's dataset-fashion-mnist files, verified, cached
+
+from discograd.experiment.data import (FASHION_CACHE_NAME, FASHION_CONTENT_SHA256,  # noqa: E402
+                                       FASHION_DIR, content_sha256, load_fashion_mnist)
+
+
+def test_fashion_mnist_from_the_debian_package_is_verified_and_cached(tmp_path):
+    """.ci/run installs dataset-fashion-mnist; the split is MNIST's 50k/10k/10k, the content hash
+    is pinned, and a second load reads the verified cache (the source is no longer needed)."""
+    assert (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(), \
+        "Fashion-MNIST is missing: sudo apt-get install dataset-fashion-mnist (.ci/run does)"
+    splits = load_fashion_mnist(cache_dir=tmp_path)
+    assert {k: v[0].shape for k, v in splits.items()} == \
+        {"train": (50000, 784), "valid": (10000, 784), "test": (10000, 784)}
+    assert content_sha256(splits) == FASHION_CONTENT_SHA256
+    # clothing, not digits: the mean grey level of MNIST's training images is about 33/255
+    assert 70 < splits["train"][0].mean() < 76
+    assert (tmp_path / FASHION_CACHE_NAME).is_file()
+    again = load_fashion_mnist(root=tmp_path / "nowhere", cache_dir=tmp_path)   # from the cache
+    assert content_sha256(again) == FASHION_CONTENT_SHA256
+
+
+def test_fashion_mnist_absent_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_fashion_mnist(root=tmp_path / "empty", cache_dir=tmp_path / "cache")
+    msg = str(err.value)
+    assert "Fashion-MNIST IDX files not found" in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert "data.root" in msg
+
+
+def test_fashion_mnist_with_other_content_is_refused(mnist, tmp_path):
+    """MNIST's files handed over as Fashion-MNIST: the content hash refuses them, nothing cached."""
+    write_mnist_idx(tmp_path / "fake", mnist, gz=False)
+    with pytest.raises(DataError, match="are not Fashion-MNIST"):
+        load_fashion_mnist(root=tmp_path / "fake", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / FASHION_CACHE_NAME).exists()

@@ -1,4 +1,4 @@
-"""Statistical and property tests of the strong estimators: arm, disarm, rloo, muprop, exact
+"""Statistical and property tests of the strong estimators: arm, disarm, rloo, muprop, exact, arsm
 (unbiased), reinmax, gst, gumbel_rao (biased). Method as in tests/test_estimators.py: z-tests from
 measured standard errors, Bonferroni over the coordinates tested together, a power check next to
 every statistical assertion, fixed seeds, no hand-tuned tolerance (deterministic identities are
@@ -23,8 +23,8 @@ from test_estimators import (CASES, Case, assert_mean, detect_for, exact_grads, 
                              z_crit)
 
 ROOT = Path(__file__).resolve().parents[1]
-MINE = ("arm", "disarm", "rloo", "muprop", "exact", "reinmax", "gst", "gumbel_rao")
-UNBIASED = ("arm", "disarm", "rloo", "muprop", "exact")
+MINE = ("arm", "disarm", "rloo", "muprop", "exact", "reinmax", "gst", "gumbel_rao", "arsm")
+UNBIASED = ("arm", "disarm", "rloo", "muprop", "exact", "arsm")
 SHAPES = {"bernoulli": (4,), "categorical": (2, 3)}
 ROWS = 200_000
 T = 0.45
@@ -50,7 +50,8 @@ def supports(name: str, kind: str) -> bool:
 def test_declared_properties(name):
     cls = REGISTRY[name]
     assert cls.unbiased == (name in UNBIASED)
-    kinds = {"arm": ("bernoulli",), "disarm": ("bernoulli",), "gst": ("categorical",)}
+    kinds = {"arm": ("bernoulli",), "disarm": ("bernoulli",), "gst": ("categorical",),
+             "arsm": ("categorical",)}
     assert tuple(cls.kinds) == kinds.get(name, ("bernoulli", "categorical"))
     assert not cls.relaxed                    # every one of them evaluates f at exact samples
 
@@ -68,6 +69,8 @@ def test_evals_and_noise_shape(kind):
         "reinmax": [({}, 1, 1), ({"samples": 3}, 3, 3)],
         "gst": [({}, 1, 1), ({"samples": 2}, 2, 2)],
         "gumbel_rao": [({}, 1, 11), ({"samples": 2, "mc_samples": 3}, 2, 8)],
+        # C = 3 classes: z and the C(C-1)/2 = 3 swapped samples, per sample
+        "arsm": [({}, 4, 1), ({"samples": 2}, 8, 2)],
     }
     for name, rows in expected.items():
         if not supports(name, kind):
@@ -128,7 +131,7 @@ def test_interface_and_common_random_numbers(name, kind):
     if name != "exact":
         first = seen[0][:1]
         assert torch.equal(first, hard_sample(logits, kind, u[:1])), "slice 0 must draw sample 0"
-        if name not in ("arm", "disarm", "muprop"):
+        if name not in ("arm", "disarm", "muprop", "arsm"):
             torch.testing.assert_close(out.loss, f(hard_sample(logits, kind, u[:est.samples])).detach().mean(0))
 
 

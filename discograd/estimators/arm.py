@@ -14,8 +14,8 @@ and evaluate f at both (one call to f on the stacked pair), so ``evals = 2 * sam
   so its variance is never larger than ARM's (Rao-Blackwellisation).
 
 Both are unbiased. Parameters inside f get the unbiased gradient of (f(b) + f(b~)) / 2.
-Bernoulli only: the categorical extensions (ARSM; Dong et al. 2021 "Coupled gradient estimators
-for discrete latent variables") are not implemented, and a categorical model is refused.
+Bernoulli only: for categorical latents use ``arsm`` (estimators/arsm.py, the swap-merge
+generalisation of ARM); a categorical model is refused here.
 ``estimator.samples`` is the number of antithetic pairs; the gradient is averaged over the pairs.
 """
 from __future__ import annotations

@@ -84,6 +84,8 @@ class ToyConfig:
     dim: int = 1
     t: float = 0.45
     classes: int = 3
+    power: float = 2.0         # f = mean |value - t|^power (ReinMax's polynomial programming: 1.5, 2, 3)
+    init: float = 0.0          # logits ~ U(-init, init) (0: zeros)
 
 
 @dataclass

@@ -221,10 +221,11 @@ def read_verified(path: Path, sum_path: Path) -> bytes | None:
     return blob
 
 
-def _read_cache(directory: Path) -> Splits | None:
+def _read_cache(directory: Path, name: str = CACHE_NAME,
+                content: str = CONTENT_SHA256) -> Splits | None:
     """The cached splits, or None if there is no complete cache. A cache that fails its checksum
     or its content check raises ``_Corrupt``; nothing is parsed before the checksum passes."""
-    path, sum_path = directory / CACHE_NAME, directory / CACHE_SUM_NAME
+    path, sum_path = directory / name, directory / (name + ".sha256")
     blob = read_verified(path, sum_path)
     if blob is None:
         return None
@@ -234,24 +235,24 @@ def _read_cache(directory: Path) -> Splits | None:
         _check_splits(splits, str(path))
     except Exception as exc:  # noqa: BLE001 - any parse failure means a bad cache
         raise _Corrupt(f"cache {path} does not hold the expected arrays ({exc})") from exc
-    if content_sha256(splits) != CONTENT_SHA256:
+    if content_sha256(splits) != content:
         raise _Corrupt(f"cache {path} holds different pixel/label values than expected")
     return splits
 
 
-def _write_cache(directory: Path, splits: Splits) -> None:
+def _write_cache(directory: Path, splits: Splits, name: str = CACHE_NAME) -> None:
     buf = io.BytesIO()
     np.savez(buf, **{f"{s}_{k}": a for s in SPLITS
                      for k, a in zip(("images", "labels"), splits[s])})
     blob = buf.getvalue()
-    atomic_write(directory / CACHE_NAME, blob)
+    atomic_write(directory / name, blob)
     # the sidecar is written last: its presence marks the cache as complete
-    atomic_write(directory / CACHE_SUM_NAME, f"{_sha256(blob)}  {CACHE_NAME}\n".encode())
+    atomic_write(directory / (name + ".sha256"), f"{_sha256(blob)}  {name}\n".encode())
 
 
-def _discard(directory: Path, why: str) -> None:
-    log.warning("discarding the MNIST cache: %s; re-fetching", why)
-    for name in (CACHE_SUM_NAME, CACHE_NAME):
+def _discard(directory: Path, why: str, name: str = CACHE_NAME) -> None:
+    log.warning("discarding the data cache %s: %s; re-fetching", name, why)
+    for name in (name + ".sha256", name):
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
 
@@ -324,7 +325,8 @@ def _read_idx_file(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.nd
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(n, *item_shape)
 
 
-def read_idx(root: str | os.PathLike) -> Splits:
+def read_idx(root: str | os.PathLike, dataset: str = "MNIST",
+             fix: str = "Fix data.root, or leave it unset to download MNIST automatically.") -> Splits:
     """The 50k/10k/10k MNIST split from the standard IDX files.
 
     Looks in ``root``, ``root/MNIST/raw`` and ``root/raw`` (torchvision's layout) for
@@ -334,7 +336,7 @@ def read_idx(root: str | os.PathLike) -> Splits:
     (the split of ``mnist.pkl.gz``). Same return format as :func:`fetch_mnist`.
     """
     base = Path(root).expanduser()
-    searched = [base, base / "MNIST" / "raw", base / "raw"]
+    searched = [base, base / dataset.replace("-", "") / "raw", base / "raw"]
 
     def find(directory: Path, name: str) -> Path | None:
         for candidate in (directory / name, directory / (name + ".gz")):
@@ -353,11 +355,11 @@ def read_idx(root: str | os.PathLike) -> Splits:
             if have:
                 partial.append(f"{directory} has only {', '.join(have)}")
         raise DataError(
-            "MNIST IDX files not found: expected all of "
+            f"{dataset} IDX files not found: expected all of "
             f"{', '.join(IDX_FILES.values())} (each optionally .gz) in one of: "
             f"{', '.join(str(d) for d in searched)}"
             + (f" ({'; '.join(partial)})" if partial else "")
-            + ". Fix data.root, or leave it unset to download MNIST automatically.")
+            + ". " + fix)
 
     images = {s: _read_idx_file(found[f"{s}_images"], 0x00000803, (28, 28)) for s in
               ("train", "test")}
@@ -375,6 +377,49 @@ def read_idx(root: str | os.PathLike) -> Splits:
         "test": (images["test"].reshape(-1, PIXELS).copy(), labels["test"].astype(np.int64)),
     }
     return _check_splits(splits, str(directory))
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747): the IDX files of Debian's package
+# dataset-fashion-mnist (0.0~git20200523.55506a9-1), the same 50k/10k/10k split as MNIST (train =
+# the first 50,000 training images, valid = the last 10,000, test = t10k), checked against the
+# content hash below (the arrays, independent of the gzip container), cached like MNIST.
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CONTENT_SHA256 = "ece78d355eb95c3e245ed614918afccaec1026f60edda3ad4550ce79153e2d07"
+FASHION_CACHE_NAME = "fashion-mnist-v1.npz"
+FASHION_FIX = ("Install Debian's package (sudo apt-get install dataset-fashion-mnist: it puts the "
+               f"files in {FASHION_DIR}), or download the four files of "
+               "https://github.com/zalandoresearch/fashion-mnist (data/fashion) and pass "
+               "data.root=DIR.")
+
+
+def load_fashion_mnist(root: str | os.PathLike | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> Splits:
+    """Fashion-MNIST's 50k/10k/10k split, same format as :func:`fetch_mnist`: from the cache if
+    it verifies, else from the IDX files in ``root`` (default: Debian's ``FASHION_DIR``), checked
+    against ``FASHION_CONTENT_SHA256`` before it is cached (``fashion-mnist-v1.npz``)."""
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    with contextlib.suppress(_Corrupt):
+        splits = _read_cache(directory, FASHION_CACHE_NAME, FASHION_CONTENT_SHA256)
+        if splits is not None:
+            return splits
+    source = Path(root).expanduser() if root is not None else FASHION_DIR
+    splits = read_idx(source, "Fashion-MNIST", FASHION_FIX)
+    got = content_sha256(splits)
+    if got != FASHION_CONTENT_SHA256:
+        raise DataError(f"the Fashion-MNIST files in {source} have content sha256 {got}, expected "
+                        f"{FASHION_CONTENT_SHA256} (the 70,000 images and labels of the official "
+                        f"release); they are not Fashion-MNIST or are damaged. {FASHION_FIX}")
+    make_cache_dir(directory, "DISCOGRAD_DATA to a writable directory")
+    with lock(directory / (FASHION_CACHE_NAME + ".lock")):
+        try:
+            if _read_cache(directory, FASHION_CACHE_NAME, FASHION_CONTENT_SHA256) is not None:
+                return splits                   # another process cached it meanwhile
+        except _Corrupt as exc:
+            _discard(directory, str(exc), FASHION_CACHE_NAME)
+        _write_cache(directory, splits, FASHION_CACHE_NAME)
+    return splits
 
 
 def load_mnist(root: str | os.PathLike | None = None,

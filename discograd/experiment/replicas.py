@@ -313,7 +313,7 @@ class ReplicaGroup:
                 "together. Finish them as separate runs (python run.py seed=S "
                 f"hydra.run.dir={self.out}/seed=S train.replicas=1), or start a new group folder")
         self._stack(active)
-        steps = int(self.cfg.train.steps)
+        steps = [m.prepare_loop() for m in active][0]
         live = set(range(len(active)))
         runs: dict[int, object] = {}
         previous = {}

@@ -88,7 +88,8 @@ def build_model(cfg) -> LatentModel:
     m = cfg.model
     kind = plain(m.latent)
     if m.name == "toy":
-        return MODELS["toy"](dim=m.dim, t=m.t, latent=kind, classes=m.classes)
+        return MODELS["toy"](dim=m.dim, t=m.t, latent=kind, classes=m.classes,
+                             power=float(m.get("power", 2.0)), init=float(m.get("init", 0.0)))
     if m.name == "attention":
         from .canvas import image_side
         return MODELS["attention"](image_size=image_side(cfg.data), glimpses=m.glimpses, grid=m.grid,
@@ -103,7 +104,10 @@ def build_model(cfg) -> LatentModel:
 def build_data(d, device: torch.device):
     """The data set of config group ``data`` as an MNISTData on ``device``."""
     from .canvas import CANVAS_DATASETS, CanvasData, load_canvas
-    from .data import MNISTData, load_mnist
+    from .data import MNISTData, load_fashion_mnist, load_mnist
+    if d.name == "fashion_mnist":
+        return MNISTData(load_fashion_mnist(d.root, d.cache_dir), plain(d.binarize), device,
+                         int(d.seed))
     splits = load_mnist(d.root, d.cache_dir)
     if d.name in CANVAS_DATASETS:
         canvases = load_canvas(splits, int(d.size), int(d.clutter), int(d.fragment),
@@ -678,7 +682,7 @@ class Trainer:
                      self.out, done["step"])
             return done
         resumed = self.try_resume()
-        steps = int(self.cfg.train.steps)
+        steps = self.prepare_loop()
         with self._logs() as logs, self._guard() as run:
             if not resumed and self.step == 0:
                 self.start_phase(logs)
@@ -692,6 +696,16 @@ class Trainer:
         return run.summary
 
     # --- the phases of fit ------------------------------------------------------------------------
+    def prepare_loop(self) -> int:
+        """Read the loop's periods from the config once (an OmegaConf lookup costs microseconds,
+        which the toy's 10,000 steps per second would pay at every step); train.steps."""
+        tr, never = self.cfg.train, 1 << 62
+        self._steps = int(tr.steps)
+        self._every = {"log": int(tr.log_every), "eval": int(tr.eval_every),
+                       "checkpoint": int(tr.checkpoint_every),
+                       "probe": int(self.cfg.diagnostics.every) if self.probe is not None else never}
+        return self._steps
+
     def start_phase(self, logs) -> None:
         """Before the first step of a fresh run: evaluate and probe the initial model."""
         self.evaluate_phase(logs)
@@ -701,7 +715,7 @@ class Trainer:
     def after_step(self, logs, x: torch.Tensor) -> None:
         """What follows a step that brought the run to ``self.step``: log, evaluate, probe,
         checkpoint, each at its period."""
-        s, steps, every = self.step, int(self.cfg.train.steps), self._every
+        s, steps, every = self.step, self._steps, self._every
         if s % every["log"] == 0 or s == steps:
             self.log_phase(logs, x)
         with self.clock.paused():       # not training time: excluded from steps_per_s
@@ -712,12 +726,6 @@ class Trainer:
             if s % every["checkpoint"] == 0 and s != steps:
                 self.checkpoint_phase()
 
-    @property
-    def _every(self) -> dict[str, int]:
-        tr, never = self.cfg.train, 1 << 62
-        return {"log": int(tr.log_every), "eval": int(tr.eval_every),
-                "checkpoint": int(tr.checkpoint_every),
-                "probe": int(self.cfg.diagnostics.every) if self.probe is not None else never}
 
     def account(self, loss: torch.Tensor | None, stats: dict) -> None:
         """After a step: count it, keep its loss on the device (summed for the log interval, and

@@ -11,6 +11,7 @@ from .config import plain
 
 SPLIT_SIZES = {"mnist": {"train": 50000, "valid": 10000, "test": 10000}}
 SPLIT_SIZES["translated_mnist"] = SPLIT_SIZES["cluttered_mnist"] = SPLIT_SIZES["mnist"]
+SPLIT_SIZES["fashion_mnist"] = SPLIT_SIZES["mnist"]
 REFERENCES = ("auto", "exact")
 
 
@@ -67,6 +68,11 @@ def validate(cfg) -> None:
             _int_at_least("model.classes", model.classes, 2)
         if not math.isfinite(model.t):
             raise ConfigError(f"model.t={model.t} is invalid: it must be a finite number")
+        if not (math.isfinite(model.power) and model.power >= 1):
+            raise ConfigError(f"model.power={model.power} is invalid: it must be a finite number "
+                              ">= 1 (f = mean |z - t|^power; 1 <= power keeps f convex in z)")
+        if not (math.isfinite(model.init) and model.init >= 0):
+            raise ConfigError(f"model.init={model.init} is invalid: it must be a finite number >= 0")
     _validate_attention_and_canvas(cfg)
     d = cfg.diagnostics
     _int_at_least("diagnostics.every", d.every, 0)

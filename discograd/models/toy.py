@@ -1,20 +1,24 @@
 """Tucker et al.'s toy problem (REBAR, arXiv:1703.07370, section 6.1; RELAX, arXiv:1711.00123
-section 6.1): minimise E_{b ~ Bernoulli(sigmoid(phi))}[(b - t)^2].
+section 6.1): minimise E_{b ~ Bernoulli(sigmoid(phi))}[(b - t)^2]; and its polynomial form, the
+"polynomial programming" of Liu et al. 2023 (ReinMax, arXiv:2304.08612, section 6; official code
+``poly/poly_programming.py``): E[|b - t|^p] over 128 latents, p in {1.5, 2, 3}.
 
-Here over ``dim`` independent latents with the loss averaged over the dims:
-    f(b) = 1/dim sum_i (b_i - t)^2,
-    E[f] = 1/dim sum_i s_i (1 - t)^2 + (1 - s_i) t^2,      s_i = sigmoid(phi_i),
-    dE/dphi_i = (1 - 2t) s_i (1 - s_i) / dim.
-The optimum is s -> 0 for t < 1/2; the gradient signal (1 - 2t) is tiny for t near 1/2, which is
-what makes the problem hard for high-variance estimators.
+Here over ``dim`` independent latents with the loss averaged over the dims (``power`` = p, 2 by
+default):
+    f(b) = 1/dim sum_i |b_i - t|^p,
+    E[f] = 1/dim sum_i s_i |1 - t|^p + (1 - s_i) |t|^p,      s_i = sigmoid(phi_i),
+    dE/dphi_i = (|1 - t|^p - |t|^p) s_i (1 - s_i) / dim.
+The optimum is s -> 0 for t < 1/2 (E[f] -> t^p); the gradient signal (1 - 2t for p = 2) is tiny
+for t near 1/2, which is what makes the problem hard for high-variance estimators.
 
 Categorical variant (``latent=categorical``, ``classes=K``): each latent picks a value from
 v = linspace(0, 1, K) and f(z) = 1/dim sum_i (<z_i, v> - t)^2, which for K = 2 is the Bernoulli
 problem with b = z_i[1]; relaxed z give the loss at the relaxed value <z, v>. Exact loss:
 E[f] = 1/dim sum_i sum_k p_ik (v_k - t)^2.
 
-The parameters are the logits themselves (initialised at 0); the "minibatch" is
-``train.batch_size`` independent draws at the same logits.
+The parameters are the logits themselves, initialised at 0, or uniform in [-init, init] with
+``init`` > 0 (ReinMax: 0.01); the "minibatch" is ``train.batch_size`` independent draws at the same
+logits.
 """
 from __future__ import annotations
 
@@ -29,10 +33,12 @@ class Toy(LatentModel):
     needs_data = False
     main_metric = "exact_loss"
 
-    def __init__(self, dim: int = 1, t: float = 0.45, latent: str = "bernoulli", classes: int = 2):
+    def __init__(self, dim: int = 1, t: float = 0.45, latent: str = "bernoulli", classes: int = 2,
+                 power: float = 2.0, init: float = 0.0):
         super().__init__()
         self.kind = latent
         self.t = float(t)
+        self.power = float(power)
         self.dim = int(dim)
         if latent == "bernoulli":
             self.latent_shape = (self.dim,)
@@ -40,6 +46,9 @@ class Toy(LatentModel):
             self.latent_shape = (self.dim, int(classes))
             self.register_buffer("values", torch.linspace(0.0, 1.0, int(classes)))
         self.phi = nn.Parameter(torch.zeros(self.latent_shape))
+        if init > 0:
+            with torch.no_grad():
+                self.phi.uniform_(-float(init), float(init))
 
     def logits(self, x: Tensor) -> Tensor:
         return self.phi.expand(x.shape[0], *self.latent_shape)
@@ -48,17 +57,24 @@ class Toy(LatentModel):
         return z if self.kind == "bernoulli" else (z * self.values).sum(-1)
 
     def objective(self, x, logits):
-        t = self.t
-        return lambda z: (self._value(z) - t).pow(2).mean(-1)
+        t, p = self.t, self.power
+        if p == 2.0:                     # the REBAR / RELAX problem, as it always was
+            return lambda z: (self._value(z) - t).pow(2).mean(-1)
+        return lambda z: (self._value(z) - t).abs().pow(p).mean(-1)
+
+    def _cost(self, v) -> Tensor | float:
+        """|v - t|^p for a value v (a float or the class values)."""
+        return abs(v - self.t) ** self.power if isinstance(v, float) else \
+            (v - self.t).abs().pow(self.power)
 
     def exact_loss(self, phi: Tensor | None = None) -> Tensor:
         """Closed-form E[f] at ``phi`` (default: the current parameters); differentiable."""
         phi = self.phi if phi is None else phi
         if self.kind == "bernoulli":
             s = torch.sigmoid(phi)
-            return (s * (1 - self.t) ** 2 + (1 - s) * self.t ** 2).mean()
+            return (s * self._cost(1.0) + (1 - s) * self._cost(0.0)).mean()
         p = torch.softmax(phi, -1)
-        return (p * (self.values - self.t).pow(2)).sum(-1).mean()
+        return (p * self._cost(self.values)).sum(-1).mean()
 
     def exact_objective(self, x: Tensor) -> Tensor:
         """The exact training objective mean_b E[f_b] for a minibatch (diagnostics reference)."""
@@ -68,7 +84,7 @@ class Toy(LatentModel):
         """Closed-form dE/dphi (Bernoulli) or autograd of the closed-form E (categorical)."""
         if self.kind == "bernoulli":
             s = torch.sigmoid(self.phi.detach())
-            return (1 - 2 * self.t) * s * (1 - s) / self.dim
+            return (self._cost(1.0) - self._cost(0.0)) * s * (1 - s) / self.dim
         phi = self.phi.detach().clone().requires_grad_(True)
         return torch.autograd.grad(self.exact_loss(phi), phi)[0]
 
