@@ -56,7 +56,8 @@ def scaled(value: int, budget: float) -> int:
 
 
 def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
-         grid_override: dict[str, list], max_evals: int, extra: list[str]) -> dict:
+         grid_override: dict[str, list], max_evals: int, extra: list[str],
+         replicas: bool = False) -> dict:
     """Everything the runs need, checked before any starts: per estimator, its overrides."""
     from discograd.estimators import ConfigError
     from discograd.experiment.config import compose_config
@@ -98,8 +99,16 @@ def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
                                          *[f"{k}={v}" for k, v in point.items()]]))
             except ConfigError as e:
                 raise SystemExit(f"reproduce: estimator={name} with {point}: {e}")
-        jobs[name] = {"grid": keys, "overrides": [*common, f"estimator={name}",
-                                                  f"seed={','.join(map(str, range(seeds)))}",
+        seeding = [f"seed={','.join(map(str, range(seeds)))}"]
+        if replicas and seeds > 1:        # the seeds of one grid point in one process, if it can
+            from discograd.experiment.replicas import check_replicas
+            try:
+                check_replicas(compose_config([*common, f"estimator={name}", *extra,
+                                               f"train.replicas={seeds}"]))
+                seeding = ["seed=0", f"train.replicas={seeds}"]
+            except ConfigError as e:
+                print(f"reproduce: estimator {name} runs its seeds separately: {e}", file=sys.stderr)
+        jobs[name] = {"grid": keys, "overrides": [*common, f"estimator={name}", *seeding,
                                                   *[f"{k}={','.join(map(str, v))}" for k, v in keys.items()],
                                                   *extra]}
     return {"preset": preset, "budget": budget, "steps": steps, "paper_steps": int(tr.steps),
@@ -193,6 +202,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=1.0, help="fraction of the paper's steps (default 1)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     ap.add_argument("--estimators", default=None, help="comma-separated (default: the preset's)")
+    ap.add_argument("--replicas", action="store_true",
+                    help="train the seeds of each grid point together in one process "
+                         "(train.replicas=N), for the estimators that allow it")
     ap.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="replace one grid key's values (repeatable), e.g. train.lr=1e-3,3e-4")
     ap.add_argument("--no-grid", action="store_true", help="no hyperparameter grid: the preset's values")
@@ -207,7 +219,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     grid_override = parse_grid_overrides(a.grid)
     p = plan(a.preset, a.budget, a.seeds, a.estimators.split(",") if a.estimators else None,
-             grid_override, a.evals, a.overrides)
+             grid_override, a.evals, a.overrides, a.replicas)
     if a.no_grid:
         for j in p["jobs"].values():
             j["overrides"] = [o for o in j["overrides"] if o.split("=")[0] not in j["grid"]]
