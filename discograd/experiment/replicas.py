@@ -32,9 +32,10 @@ Replica i's numbers equal its separate run's to float rounding (a batched matmul
 order): tests/test_replicas.py compares them step by step. A replica that diverges ends alone: its
 folder says ``diverged`` and the others go on (its slice keeps being computed, on dummy inputs,
 and is ignored). Refused, with the reason: sequential models, estimators with trainable parameters
-of their own (REBAR, RELAX, the learned baseline: fitted with ``torch.autograd.grad`` inside the
-forward pass, which vmap cannot batch), ``train.on_nan=skip`` (a per-replica skip of a shared
-optimizer step) and ``train.compile=true``. The replicas of one group differ only in their seed.
+of their own (REBAR, RELAX, the learned baseline: not stacked; REBAR and RELAX also call
+``torch.autograd.grad`` inside the forward pass, which vmap cannot batch), ``train.on_nan=skip``
+(a per-replica skip of a shared optimizer step) and ``train.compile=true``. The replicas of one
+group differ only in their seed.
 """
 from __future__ import annotations
 
@@ -99,10 +100,11 @@ def check_replicas(cfg: DictConfig) -> None:
     owned = ", ".join(n for n, p in est.named_parameters() if p.requires_grad)
     if owned:
         raise ConfigError(
-            f"{key} does not support estimator '{est.name}' with these settings: it fits "
-            f"parameters of its own ({owned}) inside its forward pass, which torch.func.vmap "
-            "cannot batch; accepted: train.replicas=1 (separate runs, e.g. a joblib sweep over "
-            "seeds), or an estimator without trainable parameters")
+            f"{key} does not support estimator '{est.name}' with these settings: it trains "
+            f"parameters of its own ({owned}), which a replica group does not stack (REBAR and "
+            "RELAX also differentiate inside their forward pass with torch.autograd.grad, which "
+            "torch.func.vmap cannot batch); accepted: train.replicas=1 (separate runs, e.g. a "
+            "joblib sweep over seeds), or an estimator without trainable parameters")
 
 
 class _Step(nn.Module):
