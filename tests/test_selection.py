@@ -217,6 +217,18 @@ def test_reproduce_plans_the_grid_per_estimator_and_scales_the_budget():
         plan("jang2016_bernoulli", 0.1, 3, ["bogus"], {}, 5, [])
 
 
+def test_reproduce_replicas_groups_the_seeds_where_the_estimator_allows_it():
+    """--replicas: seed=0 train.replicas=N for an estimator a group can train; the seed sweep for
+    one it refuses (relax: parameters of its own)."""
+    from discograd.analysis.reproduce import plan
+    p = plan("disarm2020_linear", 0.01, 3, ["disarm", "relax"], {}, 5, [], replicas=True)
+    assert {"seed=0", "train.replicas=3"} <= set(p["jobs"]["disarm"]["overrides"])
+    assert "seed=0,1,2" in p["jobs"]["relax"]["overrides"]
+    assert not any(o.startswith("train.replicas") for o in p["jobs"]["relax"]["overrides"])
+    plain = plan("disarm2020_linear", 0.01, 3, ["disarm"], {}, 5, [])
+    assert "seed=0,1,2" in plain["jobs"]["disarm"]["overrides"]
+
+
 def test_reproduce_runs_and_writes_the_side_by_side_table(tmp_path):
     out = tmp_path / "rep"
     r = subprocess.run([sys.executable, "-m", "analysis.reproduce", "tucker_toy_045", "--budget", "0.01",
