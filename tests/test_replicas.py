@@ -187,23 +187,32 @@ RUN = [*VAE, *SMALL, "estimator=reinforce", "estimator.baseline=ema", "train.ste
 @pytest.fixture(scope="module")
 def reference_group(tmp_path_factory):
     out = tmp_path_factory.mktemp("refgroup") / "group"
+    rerun(out)
+    return out
+
+
+def rerun(out: Path) -> str:
+    """Run (or resume) the RUN group in ``out`` to the end; its output."""
     r = subprocess.run(cmd(*RUN, f"hydra.run.dir={out}"), env=ENV, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    return out
+    return r.stderr + r.stdout
+
+
+def stop_group(out: Path, sig: int, seed: int, at_step: int) -> int:
+    """Start the RUN group in ``out``, send ``sig`` once replica ``seed`` has logged ``at_step``;
+    the exit code."""
+    p = subprocess.Popen(cmd(*RUN, f"hydra.run.dir={out}"), env=ENV, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    wait_then(p, member_folder(out, seed), at_step)
+    p.send_signal(sig)
+    return p.wait(timeout=60)
 
 
 def test_sigkill_of_a_group_then_rerun_matches_an_uninterrupted_group(reference_group, tmp_path):
     out = tmp_path / "group"
-    p = subprocess.Popen(cmd(*RUN, f"hydra.run.dir={out}"), env=ENV, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    wait_then(p, member_folder(out, 3), 130)
-    p.send_signal(signal.SIGKILL)
-    p.wait(timeout=60)
-    r = subprocess.run(cmd(*RUN, f"hydra.run.dir={out}"), env=ENV, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stderr + r.stdout
+    stop_group(out, signal.SIGKILL, seed=3, at_step=130)
+    assert "resumed from" in rerun(out)
     for seed in (1, 2, 3):
         a, b = member_folder(reference_group, seed), member_folder(out, seed)
         sa, sb = (json.loads((f / "summary.json").read_text()) for f in (a, b))
@@ -213,19 +222,13 @@ def test_sigkill_of_a_group_then_rerun_matches_an_uninterrupted_group(reference_
 
 def test_sigterm_interrupts_every_replica_then_rerun_finishes(reference_group, tmp_path):
     out = tmp_path / "group"
-    p = subprocess.Popen(cmd(*RUN, f"hydra.run.dir={out}"), env=ENV, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    wait_then(p, member_folder(out, 1), 90)
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=60) == 128 + int(signal.SIGTERM)
+    assert stop_group(out, signal.SIGTERM, seed=1, at_step=90) == 128 + int(signal.SIGTERM)
     steps = set()
     for seed in (1, 2, 3):
         s = json.loads((member_folder(out, seed) / "summary.json").read_text())
         assert s["status"] == "interrupted" and s["error"]["signal"] == "SIGTERM"
         steps.add(s["step"])
     assert len(steps) == 1                          # the replicas stop together
-    r = subprocess.run(cmd(*RUN, f"hydra.run.dir={out}"), env=ENV, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    rerun(out)
     for seed in (1, 2, 3):
         same_run(member_folder(reference_group, seed), member_folder(out, seed))

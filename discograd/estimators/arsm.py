@@ -49,8 +49,11 @@ class ARSM(Estimator):
         for p, (c, j) in enumerate(pairs, start=1):
             index[c, j] = index[j, c] = p
         self.register_buffer("pair_index", index, persistent=False)
-        self.register_buffer("swaps", torch.tensor([(0, 0), *pairs], dtype=torch.long),
-                             persistent=False)
+        # row p: the permutation of the classes that exchanges c and j (row 0: the identity)
+        perm = torch.arange(C).repeat(len(pairs) + 1, 1)
+        for p, (c, j) in enumerate(pairs, start=1):
+            perm[p, c], perm[p, j] = j, c
+        self.register_buffer("perm", perm, persistent=False)
         self.classes = C
 
     @property
@@ -63,17 +66,11 @@ class ARSM(Estimator):
         S, C = u.shape[0], self.classes
         E = -torch.log(u)                                          # Exp(1): pi = E / sum E
         pi = E / E.sum(-1, keepdim=True)                           # [S, B, n, C]
-        # the key with entries c and j exchanged, for every pseudo sample p (p = 0: z itself)
-        c, j = self.swaps[:, 0], self.swaps[:, 1]                  # [P]
-        perm = torch.arange(C, device=ld.device).expand(len(c), C).clone()
-        rows = torch.arange(len(c), device=ld.device)
-        perm[rows, c], perm[rows, j] = j, c                        # [P, C]: transposition (c j)
         logE = torch.log(E)      # argmax_i (phi_i - ln E_i) = argmin_i (ln pi_i - phi_i) = z
-        # ln E^{c<->j}_i = ln E_{perm(i)}: gather along the class axis for each p
-        logE_sw = logE.unsqueeze(0).expand(len(c), *logE.shape).gather(
-            -1, perm.view(len(c), 1, 1, 1, C).expand(len(c), *logE.shape))      # [P, S, B, n, C]
+        # ln E^{c<->j}_i = ln E_{perm(i)}: the classes exchanged, for every pseudo sample p
+        P = self.perm.shape[0]
+        logE_sw = logE[..., self.perm].movedim(-2, 0)              # [P, S, B, n, C]
         z = one_hot((ld - logE_sw).argmax(-1), C, ld.dtype)       # [P, S, B, n, C]
-        P = len(c)
         fz = f(z.reshape(P * S, *z.shape[2:])).view(P, S, -1)     # [P, S, B], one call
         F = fz[self.pair_index]                                    # [C, C, S, B]: f(z^{c<->j})
         Fd = F.detach()

@@ -203,10 +203,8 @@ class _Surrogate(nn.Module):
         self.model, self.estimator = model, estimator
 
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
-        logits = self.model.logits(x)
-        s = self.estimator(logits, self.model.objective(x, logits), u=u).surrogate
-        extra = self.model.extra_loss(x, logits)
-        return s if extra is None else s + extra.mean()
+        from .train import step_forward
+        return step_forward(self.model, self.estimator, x, u)[0]
 
 
 def _sync(device: torch.device) -> None:

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from discograd.errors import ConfigError
+from .config import plain
 
 WARMUP = 3      # eager warm-up steps on a side stream before the capture (then undone)
 
@@ -44,7 +45,7 @@ def check_cuda_graphs(cfg, device: torch.device, sequential: bool, model_name: s
         raise ConfigError(f"train.cuda_graphs=true cannot capture model '{model_name}': its "
                           "latents are sequential (the model drives its rollout step by step); "
                           "accepted: train.cuda_graphs=false")
-    if str(cfg.train.on_nan).split(".")[-1] == "skip":
+    if plain(cfg.train.on_nan) == "skip":
         raise ConfigError("train.cuda_graphs=true cannot be combined with train.on_nan=skip (a "
                           "host decision per step); accepted: train.on_nan=stop")
     if bool(cfg.train.compile):

@@ -186,7 +186,6 @@ class ReplicaGroup:
         stacked over the replicas; each member keeps views into them."""
         mods = [_Step(m.model, m.estimator) for m in active]
         slots = [_slots(mod) for mod in mods]
-        self.names = [s[0] for s in slots[0]]
         self.stacked: dict[str, torch.Tensor] = {}
         self.transposed = {s[0]: s[4] for s in slots[0]}
         params: list[torch.Tensor] = []
