@@ -20,11 +20,11 @@ import math
 import torch
 from torch import Tensor
 
-from .base import ConfigError, Estimate, Estimator, Objective, hard_sample, probs, register
+from .base import ConfigError, Pathwise, hard_sample, probs, register
 
 
 @register
-class AnnealedST(Estimator):
+class AnnealedST(Pathwise):
     name = "annealed_st"
     unbiased = False
 
@@ -51,8 +51,7 @@ class AnnealedST(Estimator):
     def scalars(self) -> dict[str, float]:
         return {"slope": self.slope(self.step)}
 
-    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
+    def pathwise_sample(self, logits: Tensor, u: Tensor):
         p = probs(logits * self.slope_t.to(logits.dtype), self.kind)
-        z = hard_sample(logits, self.kind, u) + (p - p.detach())
-        fz = f(z)                                            # [S, B]
-        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
+        h = hard_sample(logits, self.kind, u)
+        return h + (p - p.detach()), h

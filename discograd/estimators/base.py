@@ -155,11 +155,14 @@ class Estimator(nn.Module):
     # once at the rolled-out z and calls ``finish``. Only estimators that evaluate f once and
     # implement ``sample_step`` can do this (see ``sequential_support``).
 
-    def sequential_support(self) -> str | None:
-        """None when this estimator can run inside a sequential model, else why it cannot."""
-        if self.multi_eval:
+    def sequential_support(self, parallel_rollouts: bool = False) -> str | None:
+        """None when this estimator can run inside a sequential model, else why it cannot.
+        ``parallel_rollouts``: the model can roll out several samples at once (then the
+        score-function estimators with S independent samples, ``joint_rollouts``, can run)."""
+        if self.multi_eval and not (self.joint_rollouts and parallel_rollouts):
+            how = ("; this model rolls out one sample at a time" if self.joint_rollouts else "")
             return (f"it evaluates f {self.evals} times per example, but in a sequential model the "
-                    "later latents depend on the earlier samples of a single rollout")
+                    f"later latents depend on the earlier samples of a single rollout{how}")
         def owner(attr):    # the class whose definition of attr this estimator uses
             return next(c for c in type(self).__mro__ if attr in c.__dict__)
         # a subclass that changes estimate() must also provide its own sample_step
@@ -171,16 +174,61 @@ class Estimator(nn.Module):
     def sample_step(self, logits_t: Tensor, u_t: Tensor) -> tuple[Tensor, Tensor]:
         """One step of a rollout. ``logits_t``: ``[B, K]`` (one categorical) or ``[B, n]``
         (Bernoulli), possibly depending on earlier samples; ``u_t``: this step's uniforms
-        ``[N, B, ...]`` (the step's slice of ``noise_shape``). Returns ``z_t`` ``[1, B, ...]``
-        carrying the estimator's gradient path, and ``log q(z_t | z_<t)`` ``[1, B]`` of the
-        discrete sample (differentiable only where the estimator needs it, i.e. REINFORCE)."""
+        ``[N, B, ...]`` (the step's slice of ``noise_shape``). Returns ``z_t`` ``[R, B, ...]``
+        (R = ``rollouts``; logits_t may also be ``[R, B, ...]``, one row per rollout) carrying the
+        estimator's gradient path, and ``log q(z_t | z_<t)`` ``[R, B]`` of the discrete sample
+        (differentiable only where the estimator needs it, i.e. REINFORCE)."""
         raise NotImplementedError
 
     def finish(self, fz: Tensor, logq: Tensor, baseline_input: Tensor) -> Estimate:
-        """End of a rollout: ``fz`` ``[1, B]`` is f at the rolled-out z, ``logq`` ``[1, B]`` the sum
-        over steps of ``sample_step``'s log q, ``baseline_input`` ``[B, *latent_shape]`` a function
-        of x alone (not of z), for input-dependent baselines. Default: the pathwise estimate."""
+        """End of a rollout: ``fz`` ``[R, B]`` is f at the R rolled-out z (R = ``rollouts``),
+        ``logq`` ``[R, B]`` the sum over steps of ``sample_step``'s log q, ``baseline_input``
+        ``[B, *latent_shape]`` a function of x alone (not of z), for input-dependent baselines.
+        Default: the pathwise estimate."""
         return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
+
+    # Score-function estimators whose S evaluations are S independent samples (REINFORCE with the
+    # leave-one-out baseline, VIMCO) need nothing but S complete rollouts and their joint log q:
+    # a model that can roll out R samples in parallel (``LatentModel.parallel_rollouts``) runs them
+    # with ``rollouts`` = S, and ``sample_step`` then returns S rows.
+    joint_rollouts: ClassVar[bool] = False
+
+    @property
+    def rollouts(self) -> int:
+        """Independent rollouts one estimate needs in a sequential model: S for the score-function
+        estimators (``joint_rollouts``), else 1."""
+        return self.samples if self.joint_rollouts else 1
+
+
+class Pathwise(Estimator):
+    """Single-evaluation estimators whose gradient reaches the logits through the sample itself
+    (straight-through, Gumbel-softmax and their refinements). A subclass implements only
+    :meth:`pathwise_sample`; the estimate, f at that sample, and the per-step hook of sequential
+    models, that sample drawn one step at a time (later steps see it, gradient path included, as
+    in Jang et al. 2016's stochastic binary networks), follow from it."""
+
+    def pathwise_sample(self, logits: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """(z ``[S, *logits.shape]`` as f sees it, carrying the estimator's gradient path; the
+        exact discrete sample it stands for, whose log q a sequential model accumulates)."""
+        raise NotImplementedError
+
+    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
+        z, _ = self.pathwise_sample(logits, u)
+        fz = f(z)                                            # [S, B]
+        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
+
+    def sample_step(self, logits_t: Tensor, u_t: Tensor) -> tuple[Tensor, Tensor]:
+        z, h = self.pathwise_sample(logits_t, u_t)
+        return z, step_log_prob(logits_t.detach(), h, self.kind)
+
+
+def smooth(f: Objective, tau: Tensor | float | None = None) -> Objective:
+    """The continuous stand-in of ``f`` that control variates evaluate at relaxed points: ``f``
+    itself, unless ``f`` provides ``smooth(z, tau)`` (a layered model's one-layer objective, whose
+    later layers are then relaxed at ``tau``, or at their means when tau is None; see
+    estimators/layered.py)."""
+    g = getattr(f, "smooth", None)
+    return f if g is None else (lambda z: g(z, tau))
 
 
 class Tempered:

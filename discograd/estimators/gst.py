@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimate, Objective, check_positive, hard_sample, register
+from .base import check_positive, hard_sample, register
 from .relaxed import TauSchedule, _Relaxed
 
 
@@ -40,9 +40,8 @@ class GST(_Relaxed):
         self.gap = check_positive("estimator.gap", gap)
 
 
-    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
+    def pathwise_sample(self, logits: Tensor, u: Tensor):
         D = hard_sample(logits, self.kind, u)                         # [S, B, n, K]
         shift = gapped_logits(logits, D, self.gap) - logits.detach()
         y = torch.softmax((logits + shift) / self.tau_t, -1)
-        fz = f(D + (y - y.detach()))
-        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
+        return D + (y - y.detach()), D

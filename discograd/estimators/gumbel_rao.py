@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ConfigError, Estimate, Objective, hard_sample, register
+from .base import ConfigError, hard_sample, register
 from .relaxed import TauSchedule, _Relaxed
 
 
@@ -73,7 +73,7 @@ class GumbelRao(_Relaxed):
     def noise_shape(self, logits_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.samples * (1 + self.mc_samples), *logits_shape)
 
-    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
+    def pathwise_sample(self, logits: Tensor, u: Tensor):
         S, K = self.samples, self.mc_samples
         ld = logits.detach()
         D = hard_sample(logits, self.kind, u[:S])                     # [S, B, ...]
@@ -85,5 +85,4 @@ class GumbelRao(_Relaxed):
             noise = conditional_gumbel(ld, D.unsqueeze(1), v) - ld
             y = torch.softmax((logits + noise) / self.tau_t, -1)
         ybar = y.mean(1)                                              # [S, B, ...]
-        fz = f(D + (ybar - ybar.detach()))
-        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
+        return D + (ybar - ybar.detach()), D

@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.func import vjp
 
-from .base import Estimate, Estimator, Objective, hard_sample, log_prob, probs, register
+from .base import Estimate, Estimator, Objective, hard_sample, log_prob, probs, register, smooth
 
 
 @register
@@ -36,7 +36,7 @@ class MuProp(Estimator):
         fz = f(z)                                              # [S, B]
         mu = probs(logits, self.kind)                          # [B, ...], differentiable
         m = mu.detach().unsqueeze(0)                           # [1, B, ...]
-        f_mu, pullback = vjp(f, m)                             # f(mu): [1, B]
+        f_mu, pullback = vjp(smooth(f), m)                     # f(mu): [1, B]
         grad_mu, = pullback(f_mu.new_ones(f_mu.shape))         # f'(mu) per example: [1, B, ...]
         f_mu, grad_mu = f_mu.detach(), grad_mu.detach()
         taylor = f_mu + (grad_mu * (z - m)).flatten(2).sum(-1)  # h(z_s): [S, B]

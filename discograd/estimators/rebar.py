@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (ConfigError, Estimate, Estimator, Objective, gumbel_noise, hard_sample,
-                   log_prob, logistic_noise, probs, register, uniform)
+                   log_prob, logistic_noise, probs, register, smooth, uniform)
 
 LOG_TAU_MIN, LOG_TAU_MAX = math.log(1e-3), math.log(1e3)
 
@@ -159,8 +159,12 @@ class Rebar(Estimator):
         b = hard_sample(logits, kind, ub)                      # [S, B, ...], exact, no gradient
         z = perturbed(logits, kind, ub)                        # H(z) = b
         zt = conditional_perturbed(logits, kind, b, uv)        # z~ | b
-        values = f(torch.cat([b, relax(z, kind, tau), relax(zt, kind, tau)]))    # [3S, B]
-        fb, fz, fzt = values[:S], values[S:2 * S], values[2 * S:]
+        if hasattr(f, "smooth"):           # relaxed points get f's continuous stand-in
+            fb = f(b)
+            fz, fzt = smooth(f, tau)(torch.cat([relax(z, kind, tau), relax(zt, kind, tau)])).chunk(2)
+        else:
+            values = f(torch.cat([b, relax(z, kind, tau), relax(zt, kind, tau)]))    # [3S, B]
+            fb, fz, fzt = values[:S], values[S:2 * S], values[2 * S:]
         cz, czt = eta * fz, eta * fzt
         extra = self._extra_cv(own, torch.cat([z, zt]))
         if extra is not None:

@@ -37,6 +37,7 @@ BASELINES = ("none", "ema", "learned")
 class Reinforce(Estimator):
     name = "reinforce"
     unbiased = True
+    joint_rollouts = True     # its S samples may be S complete rollouts of a sequential model
 
     def __init__(self, kind, latent_shape, samples: int = 1,
                  baseline: Literal["none", "ema", "learned"] = "none", ema_decay: float = 0.99,
@@ -86,8 +87,10 @@ class Reinforce(Estimator):
         """Sequential rollouts (e.g. recurrent hard attention). z_t is a constant (the hard sample
         carries no gradient, so nothing flows back through the chosen location); log q(z_t | z_<t)
         keeps its gradient to everything upstream of logits_t, including the earlier steps' state,
-        because q(z) = prod_t q(z_t | z_<t) depends on those parameters too. Unbiased."""
-        z = hard_sample(logits_t, self.kind, u_t[:1])        # [1, B, ...], no gradient
+        because q(z) = prod_t q(z_t | z_<t) depends on those parameters too. Unbiased. With S
+        samples, S rollouts side by side (``rollouts``): ``finish`` gives each the leave-one-out
+        baseline of the other rollouts, whose joint log q is the sum over steps."""
+        z = hard_sample(logits_t, self.kind, u_t[:self.rollouts])   # [R, B, ...], no gradient
         return z, step_log_prob(logits_t, z, self.kind)
 
     def finish(self, fz: Tensor, logq: Tensor, baseline_input: Tensor) -> Estimate:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import ConfigError, Estimate, Estimator, Objective, Tempered, hard_sample, register
+from .base import ConfigError, Pathwise, Tempered, hard_sample, register
 from .relaxed import TauSchedule
 
 
@@ -46,7 +46,7 @@ def reinmax_sample(theta: Tensor, D: Tensor, tau: float | Tensor) -> Tensor:
 
 
 @register
-class ReinMax(Tempered, Estimator):
+class ReinMax(Tempered, Pathwise):
     name = "reinmax"
     schedule_attr = "tau_schedule"   # not `schedule`: diagnostics share that with gumbel's
     unbiased = False
@@ -64,12 +64,9 @@ class ReinMax(Tempered, Estimator):
                     "estimator.tau.min=1.3")
         self._init_schedule(sched)
 
-    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
+    def pathwise_sample(self, logits: Tensor, u: Tensor):
         D = hard_sample(logits, self.kind, u)                       # [S, B, ...]
         if self.kind == "bernoulli":
             theta = torch.stack([torch.zeros_like(logits), logits], -1)
-            z = reinmax_sample(theta, torch.stack([1 - D, D], -1), self.tau_t)[..., 1]
-        else:
-            z = reinmax_sample(logits, D, self.tau_t)
-        fz = f(z)
-        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
+            return reinmax_sample(theta, torch.stack([1 - D, D], -1), self.tau_t)[..., 1], D
+        return reinmax_sample(logits, D, self.tau_t), D

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import (ConfigError, Estimate, Estimator, Objective, Tempered, check_positive,
-                   gumbel_noise, is_number, logistic_noise, one_hot, register, step_log_prob)
+from .base import (ConfigError, Pathwise, Tempered, check_positive, gumbel_noise, is_number,
+                   logistic_noise, one_hot, register)
 
 
 @dataclass
@@ -61,7 +61,7 @@ def relaxed_sample(logits: Tensor, kind: str, u: Tensor, tau: float | Tensor,
     return y, one_hot(a.detach().argmax(-1), logits.shape[-1], logits.dtype) if hard else None
 
 
-class _Relaxed(Tempered, Estimator):
+class _Relaxed(Tempered, Pathwise):
     relaxed = True
 
     def __init__(self, kind, latent_shape, samples: int = 1, tau: TauSchedule = TauSchedule()):
@@ -75,15 +75,9 @@ class GumbelSoftmax(_Relaxed):
     loss_quantity = "f at relaxed samples"
     name = "gumbel"
 
-    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
-        y, _ = relaxed_sample(logits, self.kind, u, self.tau_t, hard=False)
-        fz = f(y)
-        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
-
-    def sample_step(self, logits_t: Tensor, u_t: Tensor):
-        """Sequential rollouts: the relaxed sample (later steps see relaxed earlier glimpses)."""
-        y, h = relaxed_sample(logits_t, self.kind, u_t[:1], self.tau_t)
-        return y, step_log_prob(logits_t.detach(), h, self.kind)
+    def pathwise_sample(self, logits: Tensor, u: Tensor):
+        """The relaxed sample (in a sequential model later steps see relaxed earlier ones)."""
+        return relaxed_sample(logits, self.kind, u, self.tau_t)
 
 
 @register
@@ -91,12 +85,7 @@ class STGumbelSoftmax(_Relaxed):
     name = "st_gumbel"
     relaxed = False  # f sees exact hard samples in the forward pass
 
-    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
+    def pathwise_sample(self, logits: Tensor, u: Tensor):
+        """Hard sample forward, relaxed gradient backward."""
         y, h = relaxed_sample(logits, self.kind, u, self.tau_t)
-        fz = f(h + (y - y.detach()))
-        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
-
-    def sample_step(self, logits_t: Tensor, u_t: Tensor):
-        """Sequential rollouts: hard sample forward, relaxed gradient backward, step by step."""
-        y, h = relaxed_sample(logits_t, self.kind, u_t[:1], self.tau_t)
-        return h + (y - y.detach()), step_log_prob(logits_t.detach(), h, self.kind)
+        return h + (y - y.detach()), h

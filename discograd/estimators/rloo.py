@@ -17,6 +17,9 @@ from .reinforce import Reinforce
 @register
 class RLOO(Reinforce):
     name = "rloo"
+    # layered models apply it per layer, like ARM and DisARM (the DisARM code's multi-layer
+    # reinforce_loo); ``reinforce estimator.samples=S`` is the same estimator on S whole rollouts
+    joint_rollouts = False
 
     def __init__(self, kind, latent_shape, samples: int = 2):
         super().__init__(kind, latent_shape, samples=samples, baseline="none")

@@ -13,22 +13,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Estimate, Estimator, Objective, hard_sample, probs, register, step_log_prob
+from .base import Pathwise, hard_sample, probs, register
 
 
 @register
-class StraightThrough(Estimator):
+class StraightThrough(Pathwise):
     name = "st"
     unbiased = False
 
-    def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
+    def pathwise_sample(self, logits: Tensor, u: Tensor):
+        h = hard_sample(logits, self.kind, u)
         p = probs(logits, self.kind)
-        z = hard_sample(logits, self.kind, u) + (p - p.detach())
-        fz = f(z)                                            # [S, B]
-        return Estimate(surrogate=fz.mean(0).mean(), loss=fz.detach().mean(0))
-
-    def sample_step(self, logits_t: Tensor, u_t: Tensor):
-        """Sequential rollouts: the same straight-through sample, one step at a time."""
-        h = hard_sample(logits_t, self.kind, u_t[:1])
-        p = probs(logits_t, self.kind)
-        return h + (p - p.detach()), step_log_prob(logits_t.detach(), h, self.kind)
+        return h + (p - p.detach()), h

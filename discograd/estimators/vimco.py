@@ -35,7 +35,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import ConfigError, Estimate, Estimator, Objective, hard_sample, log_prob, register
+from .base import (ConfigError, Estimate, Estimator, Objective, hard_sample, log_prob, register,
+                   step_log_prob)
 
 
 def multisample_bound(log_w: Tensor) -> Tensor:
@@ -58,6 +59,7 @@ class Vimco(Estimator):
     name = "vimco"
     unbiased = True
     objective = "multisample"      # the target is the S-sample bound of -f, not E_q[f]
+    joint_rollouts = True          # its S samples may be S complete rollouts of a sequential model
     loss_quantity = "the S-sample bound"
 
     def __init__(self, kind, latent_shape, samples: int = 5):
@@ -70,12 +72,20 @@ class Vimco(Estimator):
         return {**super().properties(), "objective": self.objective}
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:
-        S = self.samples
-        z = hard_sample(logits, self.kind, u[:S])              # [S, B, ...]
-        log_w = -f(z)                                          # [S, B]
+        z = hard_sample(logits, self.kind, u[:self.samples])   # [S, B, ...]
+        return self.finish(f(z), log_prob(logits, z, self.kind), logits)
+
+    def sample_step(self, logits_t: Tensor, u_t: Tensor):
+        """Sequential models: S rollouts side by side; their joint log q, summed over the steps,
+        takes the place of log q(z_s) (Mnih & Rezende 2016 train multi-layer belief networks so)."""
+        z = hard_sample(logits_t, self.kind, u_t[:self.samples])   # [S, B, ...], no gradient
+        return z, step_log_prob(logits_t, z, self.kind)
+
+    def finish(self, fz: Tensor, logq: Tensor, baseline_input: Tensor) -> Estimate:
+        """fz = -log w ``[S, B]`` at the S samples, logq their log q ``[S, B]``."""
+        log_w = -fz                                            # [S, B]
         bound = multisample_bound(log_w)                       # [B], gradient via w~_s d log w_s
         lw = log_w.detach()
         signal = multisample_bound(lw)[None] - leave_one_out_bounds(lw)      # L-hat(s | -s)
-        logq = log_prob(logits, z, self.kind)                  # [S, B]
         surrogate = -((signal * logq).sum(0) + bound).mean()
         return Estimate(surrogate=surrogate, loss=-bound.detach())
