@@ -99,6 +99,16 @@ class VAEConfig:
     objective: ModelObjective = ModelObjective.elbo   # iwae: the S-sample bound (estimator=vimco)
     prior: Prior = Prior.learned
     slope: float = 0.3         # LeakyReLU slope of hidden layers (DisARM code 0.3; ARM code 0.1)
+    layers: int = 1            # stochastic layers; >= 2: models/layered.py (needs kl=sampled)
+
+
+@dataclass
+class SBNConfig:
+    name: str = "sbn"
+    latent: Latent = Latent.bernoulli
+    latent_dim: Optional[int] = None   # None: 200 Bernoulli units, or 20 categorical variables
+    classes: int = 10
+    layers: int = 2            # stochastic layers between the upper and the lower half
 
 
 @dataclass
@@ -241,6 +251,7 @@ def register_configs() -> None:
     cs.store(group="schema/model", name="toy", node=ToyConfig)
     cs.store(group="schema/model", name="vae", node=VAEConfig)
     cs.store(group="schema/model", name="attention", node=AttentionConfig)
+    cs.store(group="schema/model", name="sbn", node=SBNConfig)
     cs.store(group="schema/data", name="mnist", node=DataConfig)
     cs.store(group="schema/data", name="canvas", node=CanvasDataConfig)
 

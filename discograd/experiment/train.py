@@ -96,6 +96,14 @@ def build_model(cfg) -> LatentModel:
                                    patch=m.patch, scales=m.scales, context=m.context,
                                    hidden=m.hidden, recurrent=bool(m.recurrent))
     latent_dim = m.latent_dim if m.latent_dim is not None else (200 if kind == "bernoulli" else 20)
+    if m.name == "sbn":
+        return MODELS["sbn"](layers=int(m.layers), latent=kind, latent_dim=latent_dim,
+                             classes=m.classes)
+    if int(m.get("layers", 1)) > 1:
+        from discograd.models.layered import LayeredVAE
+        return LayeredVAE(layers=int(m.layers), latent=kind, latent_dim=latent_dim,
+                          classes=m.classes, hidden=list(m.hidden), kl=plain(m.kl),
+                          objective=plain(m.objective), prior=plain(m.prior), slope=float(m.slope))
     return MODELS["vae"](latent=kind, latent_dim=latent_dim, classes=m.classes,
                          hidden=list(m.hidden), kl=plain(m.kl), objective=plain(m.objective),
                          prior=plain(m.prior), slope=float(m.slope))
@@ -255,7 +263,7 @@ class Trainer:
         self.model = build_model(cfg)
         self.estimator: Estimator = build_estimator(cfg.estimator, self.model.kind, self.model.latent_shape)
         if self.model.sequential:
-            why = self.estimator.sequential_support()
+            why = self.model.estimator_support(self.estimator)
             if why is not None:
                 raise ConfigError(f"estimator '{self.estimator.name}' cannot train model "
                                   f"'{self.model.name}' with sequential latents: {why}")
@@ -433,8 +441,8 @@ class Trainer:
 
     def draw_noise(self, x: torch.Tensor) -> torch.Tensor:
         """The uniforms of this step's estimate, from the run's noise generator."""
-        return uniform(self.estimator.noise_shape((x.shape[0], *self.model.latent_shape)),
-                       self._like, generator=self.noise_gen)
+        return uniform(self.model.noise_shape(self.estimator, x.shape[0]), self._like,
+                       generator=self.noise_gen)
 
     def forward_pass(self, x: torch.Tensor, u: torch.Tensor):
         """(surrogate, per-example loss [B], stats) of one minibatch, for non-sequential models:

@@ -51,12 +51,13 @@ def validate(cfg) -> None:
         _int_at_least(f"train.{key}", train[key], 1)
     _int_at_least("eval.samples", cfg.eval.samples, 1)
     _int_at_least("eval.final_samples", cfg.eval.final_samples, 0)
-    if model.name == "vae":
+    if model.name in ("vae", "sbn"):
+        _int_at_least("model.layers", model.layers, 1)
         if model.latent_dim is not None:
             _int_at_least("model.latent_dim", model.latent_dim, 1)
         if kind == "categorical":
             _int_at_least("model.classes", model.classes, 2)
-        for h in model.hidden:
+        for h in model.get("hidden", []):
             _int_at_least("model.hidden[i]", h, 1)
         sizes = SPLIT_SIZES.get(cfg.data.name)
         if sizes and train.batch_size > sizes["train"]:
@@ -122,9 +123,10 @@ def _validate_attention_and_canvas(cfg) -> None:
             raise ConfigError(f"data.fragment={data.fragment} is invalid: it must be an integer in "
                               f"1..{DIGIT}")
         _int_at_least("data.canvas_seed", data.canvas_seed, 0)
-        if model.name == "vae":
-            raise ConfigError(f"model 'vae' reads 28x28 images, but data={data.name} has "
-                              f"{data.size}x{data.size} canvases; accepted: data=mnist or mnist_grey")
+        if model.name in ("vae", "sbn"):
+            raise ConfigError(f"model '{model.name}' reads 28x28 images, but data={data.name} has "
+                              f"{data.size}x{data.size} canvases; accepted: data=mnist, mnist_grey "
+                              "or fashion_mnist")
     if model.name != "attention":
         return
     if plain(model.latent) != "categorical":

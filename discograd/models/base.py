@@ -16,8 +16,10 @@ class LatentModel(nn.Module):
 
     kind: ``bernoulli`` or ``categorical``; latent_shape: ``(n,)`` or ``(n, K)``.
     needs_data: False for models with no data set (the toy problem).
-    sequential: True when later latents depend on earlier samples (refuses multi-eval estimators);
-        such a model drives the sampling itself in :meth:`sequential_estimate`.
+    sequential: True when later latents depend on earlier samples; such a model drives the
+        sampling itself in :meth:`sequential_estimate` and says which estimators it can take in
+        :meth:`estimator_support` (a single rollout refuses multi-evaluation estimators; the
+        layered models of models/layered.py take every estimator).
     needs_labels: True for supervised models: the harness then appends the label to every input
         row (:func:`with_labels`; the model splits it off with :func:`split_labels`), so that every
         path that hands ``x`` to the model (training step, evaluation, diagnostic probe) carries it.
@@ -29,7 +31,18 @@ class LatentModel(nn.Module):
     needs_data: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = False
     sequential: ClassVar[bool] = False
+    # sequential models that roll out several samples side by side (the score-function estimators
+    # with S samples then run on S whole rollouts: Estimator.joint_rollouts)
+    parallel_rollouts: ClassVar[bool] = False
     main_metric: ClassVar[str] = "loss"
+
+    def estimator_support(self, estimator) -> str | None:
+        """None when ``estimator`` can train this model, else why not (sequential models)."""
+        return estimator.sequential_support(self.parallel_rollouts) if self.sequential else None
+
+    def noise_shape(self, estimator, batch: int) -> tuple[int, ...]:
+        """Shape of the uniforms of one training estimate for a minibatch of ``batch`` inputs."""
+        return estimator.noise_shape((batch, *self.latent_shape))
 
     def select_metric(self, samples: int) -> str:
         return self.main_metric

@@ -1,0 +1,257 @@
+"""Models whose latents come in layers: q(z_1..z_L) = prod_l q(z_l | z_<l).
+
+- :class:`LayeredVAE` (``model=vae model.layers=L``, L >= 2): the VAE with L stochastic layers of
+  the ARM, REBAR/RELAX and DisARM papers ("linear two layers" / "784-200-200"):
+      q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1}),     p(z_L) p(z_{L-1} | z_L) ... p(x | z_1),
+  every conditional a (linear, or ``hidden`` LeakyReLU MLP) map to logits. With hidden=[] it is the
+  linear two-layer model of Yin & Zhou 2019 (code ``b_mnist_linear2_slim.py``) and Grathwohl et al.
+  2018 (appendix): q(b_1|x) = sigma(x W + beta), q(b_2|b_1), p(b_1|b_2), p(x|b_1), learned p(b_2).
+  f(z) = -log p(x | z_1) - sum_l log p(z_l | z_{l+1}) - log p(z_L) + sum_l log q(z_l | z_{l-1}),
+  the single-sample negative ELBO (the lower KL has no closed form, so ``model.kl=sampled`` is
+  required). ``model.objective=iwae`` trains the S-sample bound with ``estimator=vimco`` (its S
+  samples are S joint rollouts).
+- :class:`SBN` (``model=sbn``): structured output prediction with a sigmoid belief net (Raiko et
+  al. 2014; Gu et al. 2016 section 5.1; Jang et al. 2016 section 4.1): predict the lower half y of
+  a binarized MNIST digit from its upper half x_u through L stochastic layers,
+  x_u (392) -> h_1 (200) -> h_2 (200) -> y (392), each arrow a linear map to logits of a
+  Bernoulli (or ``latent_dim`` categoricals of ``classes`` classes, 20 x 10 in Jang et al.).
+  Training minimises f(h) = -log p(y | h_L) with h ~ p(h | x_u) (m = 1); evaluation reports the
+  m-sample bound log 1/m sum_i p(y | h_i) (``bound_m``; the papers' test "negative log-likelihood"
+  is -bound_m, m = 1000 in Jang et al., 100 in Gu et al.). ``estimator=vimco`` trains the
+  S-sample bound itself (MuProp section 5.1's objective with m = S).
+
+Both hand the estimators a :class:`discograd.estimators.layered.Layers` view through
+``sequential_estimate``; every estimator runs on them (estimators/layered.py says how).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from discograd.errors import ConfigError
+from discograd.estimators import layered
+from discograd.latents import hard_sample, log_prob, uniform
+from .base import LatentModel
+from .vae import EVAL_ROWS, PRIORS, mlp
+
+
+class LayeredModel(LatentModel):
+    """Base of the layered models: ``latent_shape`` is one layer's, ``depth`` the number of layers.
+    Subclasses implement :meth:`layer_logits` and :meth:`layered_objective`."""
+
+    sequential = True            # the model drives the sampling (sequential_estimate)
+    parallel_rollouts = True     # it can roll out several samples side by side
+    depth: int
+
+    def layer_logits(self, x: Tensor, l: int, zs: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def layered_objective(self, x: Tensor, zs: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def estimator_support(self, estimator) -> str | None:
+        return None              # every estimator (rollout or per layer: estimators/layered.py)
+
+    def noise_shape(self, estimator, batch: int) -> tuple[int, ...]:
+        return layered.noise_shape(estimator, self.depth, (batch, *self.latent_shape))
+
+    def forward(self, method: str, *args):
+        """Dispatch for ``torch.func.functional_call`` (the frozen evaluations)."""
+        return getattr(self, method)(*args)
+
+    def sequential_estimate(self, x: Tensor, estimator, u: Tensor | None = None):
+        if u is None:
+            u = uniform(self.noise_shape(estimator, x.shape[0]), x)
+        return layered.layered_estimate(estimator, _View(self, x), u)
+
+    def _sample(self, x: Tensor, samples: int, generator) -> list[Tensor]:
+        """``samples`` exact joint samples of the layers: list of ``[S, B, *shape]``."""
+        zs: list[Tensor] = []
+        for l in range(self.depth):
+            lg = self.layer_logits(x, l, zs)
+            lg = lg.expand(samples, *lg.shape[1:])
+            zs.append(hard_sample(lg, self.kind, uniform(tuple(lg.shape), lg, generator)))
+        return zs
+
+    def _reshape(self, out: Tensor) -> Tensor:
+        return out.view(*out.shape[:-1], *self.latent_shape)
+
+
+class _View(layered.Layers):
+    """The Layers view of one minibatch; ``frozen`` evaluations run the model with its
+    parameters detached (torch.func.functional_call), so gradients reach only their inputs."""
+
+    def __init__(self, model: LayeredModel, x: Tensor):
+        self.model, self.x = model, x
+        self.kind, self.shape, self.depth = model.kind, model.latent_shape, model.depth
+        self._frozen = None
+
+    def _call(self, frozen: bool, method: str, *args):
+        if not frozen:
+            return getattr(self.model, method)(*args)
+        if self._frozen is None:
+            self._frozen = {n: p.detach() for n, p in self.model.named_parameters()}
+        return torch.func.functional_call(self.model, self._frozen, (method, *args))
+
+    def logits(self, l, zs, frozen):
+        return self._call(frozen, "layer_logits", self.x, l, zs)
+
+    def objective(self, zs, frozen):
+        return self._call(frozen, "layered_objective", self.x, zs)
+
+    def baseline_input(self):
+        return self.model.layer_logits(self.x, 0, [])[0].detach()
+
+
+def _flat(z: Tensor) -> Tensor:
+    return z.flatten(2) if z.dim() > 3 else z
+
+
+class LayeredVAE(LayeredModel):
+    name = "vae"
+    main_metric = "elbo"
+
+    def select_metric(self, samples: int) -> str:
+        return f"bound_{samples}"
+
+    def metric_names(self, samples: int) -> tuple[str, ...]:
+        return ("loss", "elbo", f"bound_{samples}")
+
+    def __init__(self, layers: int = 2, latent: str = "bernoulli", latent_dim: int = 200,
+                 classes: int = 10, hidden=(), slope: float = 0.3, x_dim: int = 784,
+                 objective: str = "elbo", prior: str = "learned", kl: str = "sampled"):
+        super().__init__()
+        if int(layers) < 2:
+            raise ConfigError(f"model.layers={layers} is invalid for the layered VAE: it must be >= 2")
+        if kl != "sampled":
+            raise ConfigError(f"model.kl={kl} is invalid with model.layers={layers}: the KL of a lower "
+                              "layer, E_q[log q(z_l | z_l-1) - log p(z_l | z_l+1)], has no closed "
+                              "form; accepted: model.kl=sampled")
+        if prior not in PRIORS:
+            raise ConfigError(f"model.prior={prior!r} is invalid; accepted: {', '.join(PRIORS)}")
+        self.kind, self.depth, self.train_objective = latent, int(layers), objective
+        n = int(latent_dim)
+        self.latent_shape = (n,) if latent == "bernoulli" else (n, int(classes))
+        width = math.prod(self.latent_shape)
+        hidden = [int(h) for h in hidden]
+        self.encoders = nn.ModuleList(
+            [mlp([x_dim if l == 0 else width, *hidden, width], slope) for l in range(self.depth)])
+        self.decoder_x = mlp([width, *reversed(hidden), x_dim], slope)          # p(x | z_1)
+        # decoders[l - 1]: z_l+1 -> logits of p(z_l | z_l+1) (0-based: zs[l] -> zs[l - 1])
+        self.decoders = nn.ModuleList([mlp([width, *reversed(hidden), width], slope)
+                                       for _ in range(self.depth - 1)])
+        zeros = torch.zeros(self.latent_shape)
+        if prior == "learned":
+            self.prior_logits = nn.Parameter(zeros)
+        else:
+            self.register_buffer("prior_logits", zeros)
+
+    @torch.no_grad()
+    def set_data_mean(self, mean: Tensor) -> None:
+        m = mean.detach().to(self.decoder_x[-1].bias).clamp(1e-3, 1 - 1e-3)
+        self.decoder_x[-1].bias.copy_(torch.log(m) - torch.log1p(-m))
+
+    def layer_logits(self, x, l, zs):
+        if l == 0:
+            return self._reshape(self.encoders[0](x)).unsqueeze(0)
+        return self._reshape(self.encoders[l](_flat(zs[l - 1])))
+
+    def _log_joint_terms(self, x, zs):
+        """(-log p(x | z_1) - sum log p(z_l | z_l+1) - log p(z_L), sum_l log q(z_l | z_l-1)):
+        [R, B] each."""
+        z1 = _flat(zs[0])
+        out = self.decoder_x(z1)                                           # [R, B, 784]
+        nll = (F.softplus(out) - x * out).sum(-1)
+        for l in range(1, self.depth):      # log p(zs[l - 1] | zs[l])
+            nll = nll - log_prob(self._reshape(self.decoders[l - 1](_flat(zs[l]))), zs[l - 1],
+                                 self.kind)
+        nll = nll - log_prob(self.prior_logits.expand_as(zs[-1]), zs[-1], self.kind)
+        logq = 0.0
+        for l in range(self.depth):
+            logq = logq + log_prob(self.layer_logits(x, l, zs[:l]), zs[l], self.kind)
+        return nll, logq
+
+    def layered_objective(self, x, zs):
+        nll, logq = self._log_joint_terms(x, zs)
+        return nll + logq
+
+    def encoder_parameters(self):
+        return list(self.encoders.parameters())
+
+    def decoder_parameters(self):
+        learned = [self.prior_logits] if isinstance(self.prior_logits, nn.Parameter) else []
+        return list(self.decoder_x.parameters()) + list(self.decoders.parameters()) + learned
+
+    @torch.no_grad()
+    def evaluate(self, x, samples, generator=None):
+        out: dict[str, list[Tensor]] = {"loss": [], "elbo": [], f"bound_{samples}": []}
+        chunk = max(1, EVAL_ROWS // samples)
+        for i in range(0, x.shape[0], chunk):
+            xb = x[i:i + chunk]
+            log_w = -self.layered_objective(xb, self._sample(xb, samples, generator))   # [S, B]
+            out["elbo"].append(log_w.mean(0))
+            out["loss"].append(-log_w.mean(0))
+            out[f"bound_{samples}"].append(torch.logsumexp(log_w, 0) - math.log(samples))
+        return {k: torch.cat(v) for k, v in out.items()}
+
+
+HALF = 392      # the upper 14 rows of a 28 x 28 image
+
+
+class SBN(LayeredModel):
+    name = "sbn"
+    main_metric = "loss"
+
+    def select_metric(self, samples: int) -> str:
+        return f"bound_{samples}"
+
+    def metric_names(self, samples: int) -> tuple[str, ...]:
+        return ("loss", f"bound_{samples}")
+
+    def __init__(self, layers: int = 2, latent: str = "bernoulli", latent_dim: int = 200,
+                 classes: int = 10):
+        super().__init__()
+        if int(layers) < 1:
+            raise ConfigError(f"model.layers={layers} is invalid for model 'sbn': it must be >= 1")
+        self.kind, self.depth = latent, int(layers)
+        n = int(latent_dim)
+        self.latent_shape = (n,) if latent == "bernoulli" else (n, int(classes))
+        width = math.prod(self.latent_shape)
+        self.nets = nn.ModuleList([nn.Linear(HALF if l == 0 else width, width)
+                                   for l in range(self.depth)])
+        self.out = nn.Linear(width, 784 - HALF)
+
+    @torch.no_grad()
+    def set_data_mean(self, mean: Tensor) -> None:
+        m = mean.detach()[HALF:].to(self.out.bias).clamp(1e-3, 1 - 1e-3)
+        self.out.bias.copy_(torch.log(m) - torch.log1p(-m))
+
+    def layer_logits(self, x, l, zs):
+        if l == 0:
+            return self._reshape(self.nets[0](x[..., :HALF])).unsqueeze(0)
+        return self._reshape(self.nets[l](_flat(zs[l - 1])))
+
+    def layered_objective(self, x, zs):
+        """-log p(y | h_L), y the lower half of x: [R, B]."""
+        out = self.out(_flat(zs[-1]))                                       # [R, B, 392]
+        return (F.softplus(out) - x[..., HALF:] * out).sum(-1)
+
+    def encoder_parameters(self):
+        return list(self.nets.parameters())
+
+    def decoder_parameters(self):
+        return list(self.out.parameters())
+
+    @torch.no_grad()
+    def evaluate(self, x, samples, generator=None):
+        out: dict[str, list[Tensor]] = {"loss": [], f"bound_{samples}": []}
+        chunk = max(1, EVAL_ROWS // samples)
+        for i in range(0, x.shape[0], chunk):
+            xb = x[i:i + chunk]
+            log_p = -self.layered_objective(xb, self._sample(xb, samples, generator))  # [S, B]
+            out["loss"].append(-log_p.mean(0))
+            out[f"bound_{samples}"].append(torch.logsumexp(log_p, 0) - math.log(samples))
+        return {k: torch.cat(v) for k, v in out.items()}
