@@ -61,11 +61,15 @@ def log_prob(logits: Tensor, z: Tensor, kind: str) -> Tensor:
 
 
 def step_log_prob(logits_t: Tensor, z_t: Tensor, kind: str) -> Tensor:
-    """log q(z_t | logits_t), ``[S, B]``, for one step of a sequential rollout: logits ``[B, K]``
-    (one categorical) / ``[B, n, K]`` or ``[B, n]`` (Bernoulli), samples with a leading S axis."""
-    if kind == "categorical" and logits_t.dim() == 2:
-        return log_prob(logits_t.unsqueeze(-2), z_t.unsqueeze(-2), kind)
-    return log_prob(logits_t, z_t, kind)
+    """log q(z_t | logits_t), ``[S, B]``, for one step of a sequential rollout: samples ``z_t``
+    ``[S, B, ...]`` (one categorical ``[S, B, K]``, several ``[S, B, n, K]``, Bernoulli
+    ``[S, B, n]``); ``logits_t`` the same without the S axis, or with it (one row per rollout).
+    Summed over every axis after (S, B)."""
+    if kind == "bernoulli":
+        terms = z_t * logits_t - F.softplus(logits_t)
+    else:
+        terms = z_t * torch.log_softmax(logits_t, -1)
+    return terms.flatten(2).sum(-1)
 
 
 def probs(logits: Tensor, kind: str) -> Tensor:

@@ -370,7 +370,7 @@ def run_py(*args, cwd, timeout=300):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (["estimator=reinforce", "estimator.samples=2"], ["reinforce", "attention", "2 times"]),
+    (["estimator=rloo", "estimator.samples=2"], ["rloo", "attention", "2 times"]),
     (["estimator=st", "diagnostics.every=10"], ["diagnostics.every=10", "attention", "sequential"]),
 ])
 def test_refused_combinations_fail_before_training(tmp_path, overrides, words):

@@ -310,3 +310,21 @@ def test_layered_refusals_name_the_key(cfg_of, tmp_path):
     with pytest.raises(ConfigError, match="estimator 'rloo'.*'attention'"):
         Trainer(cfg_of("model=attention", "model.recurrent=true", "estimator=rloo", *SMALL),
                 tmp_path / "b")
+
+
+@pytest.mark.parametrize("over", [["estimator=reinforce", "estimator.samples=3"],
+                                  ["estimator=vimco", "estimator.samples=2"]])
+def test_recurrent_attention_takes_s_whole_rollouts(over, cfg_of, tmp_path):
+    """The same rollout mode serves the recurrent attention model: REINFORCE with the leave-one-
+    out baseline and VIMCO run on S rollouts side by side (their unbiasedness on rollouts is
+    tested on the tiny two-layer model above); the location network is trained."""
+    from discograd.experiment.train import Trainer
+    t = Trainer(cfg_of("model=attention", "model.recurrent=true", "model.hidden=32", *over,
+                       *SMALL), tmp_path / "run")
+    try:
+        before = t.model.where.weight.detach().clone()
+        final = t.fit()["final"]
+        assert not torch.equal(before, t.model.where.weight.detach())
+    finally:
+        t.close()
+    assert final and all(math.isfinite(v) for v in final.values()), final

@@ -22,7 +22,10 @@ Glimpse network (Mnih et al. eq. in section 4): g = relu(W2 relu(W_what rho + W_
 - ``recurrent=True`` (RAM-style): a core h_t = relu(W_h h_{t-1} + W_g g_t), h_0 = 0; the logits
   of step t come from [context, h_{t-1}], so later latents depend on earlier samples
   (``sequential``). The model drives the rollout (:meth:`sequential_estimate`) through the
-  estimator's ``sample_step`` / ``finish`` hooks; the classifier reads h_T.
+  estimator's ``sample_step`` / ``finish`` hooks; the classifier reads h_T. Single-evaluation
+  estimators take one rollout; ``reinforce estimator.samples=S`` and ``vimco`` take S rollouts
+  side by side (``parallel_rollouts``), each weighted by its joint log q over the T steps
+  (estimators/layered.py, "rollout"); the other multi-evaluation estimators are refused.
 
 Parameter groups: ``encoder`` = the location network (context net and location head), ``decoder``
 = glimpse network, core and classifier. The classifier never sees the coarse view: everything it
@@ -69,6 +72,7 @@ class Attention(LatentModel):
         self.K = self.G * self.G
         self.D = self.scales * self.P * self.P
         self.sequential = bool(recurrent)
+        self.parallel_rollouts = self.sequential
         self.latent_shape = (self.T, self.K)
         H = self.hidden
         # location network (diagnostics group "encoder")
@@ -174,12 +178,13 @@ class Attention(LatentModel):
         def choose(t, logits_t):
             if t == 0:
                 parts["first"] = logits_t[0]                   # a function of x only
-            z_t, lq = estimator.sample_step(logits_t[0], u[:, :, t])
+            z_t, lq = estimator.sample_step(logits_t[0] if R == 1 else logits_t, u[:, :, t])
             parts["logq"] = lq if t == 0 else parts["logq"] + lq
             return z_t
 
-        out, _ = self._rollout(pixels, 1, choose)
-        fz = cross_entropy(out, y)                                           # [1, B]
+        R = estimator.rollouts          # S whole rollouts for reinforce/vimco with S samples
+        out, _ = self._rollout(pixels, R, choose)
+        fz = cross_entropy(out, y)                                           # [R, B]
         baseline_input = parts["first"].unsqueeze(1).expand(B, self.T, self.K)
         return estimator.finish(fz, parts["logq"], baseline_input)
 
