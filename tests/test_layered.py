@@ -328,3 +328,21 @@ def test_recurrent_attention_takes_s_whole_rollouts(over, cfg_of, tmp_path):
     finally:
         t.close()
     assert final and all(math.isfinite(v) for v in final.values()), final
+
+
+def test_cost_and_mode_are_logged(cfg_of, tmp_path):
+    """summary.json and metrics.csv give a layered run's real cost: 1 + L x evals in local mode."""
+    import csv
+    import json
+    from discograd.experiment.train import Trainer
+    t = Trainer(cfg_of("estimator=disarm", *model_for("bernoulli"), *SMALL), tmp_path / "run")
+    try:
+        t.fit()
+    finally:
+        t.close()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["estimator"]["layered_mode"] == "local" and summary["estimator"]["layers"] == 2
+    assert summary["estimator"]["evals"] == 1 + 2 * 2
+    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
+        evals = {float(r["value"]) for r in csv.DictReader(fh) if r["metric"] == "evals"}
+    assert evals == {5.0}

@@ -753,7 +753,8 @@ class Trainer:
         s, wall = self.step, self.clock.elapsed()
         self.check_finite()
         mean_loss = (self._loss_sum / self._n_sum).item() if self._n_sum else math.nan
-        values = {"loss": mean_loss, "hard_loss": None, "evals": self.estimator.evals,
+        values = {"loss": mean_loss, "hard_loss": None,
+                  "evals": self.model.evals_per_step(self.estimator),
                   "steps_per_s": self.clock.rate(s), **self.estimator.scalars(),
                   **{k: v.item() for k, v in self._stats.items()}}
         values["hard_loss"] = self.hard_loss(x)        # after the rate: counted as training time
@@ -961,7 +962,9 @@ class Trainer:
             "timings": {"elapsed_s": round(self.elapsed, 3), "eval_s_this_session": round(eval_s, 3),
                         "diagnostics_s_this_session": round(diag_s, 3),
                         "steps_per_s": round(self.step / max(self.elapsed - eval_s - diag_s, 1e-9), 2)},
-            "estimator": self.estimator.properties(),
+            "estimator": {**self.estimator.properties(),
+                          "evals": self.model.evals_per_step(self.estimator),
+                          **self.model.estimator_mode(self.estimator)},
             "model": {"name": m.name, "kind": m.kind, "latent_shape": list(m.latent_shape),
                       "parameters": sum(p.numel() for p in m.parameters())},
             "device": str(self.device),

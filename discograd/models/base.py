@@ -40,6 +40,14 @@ class LatentModel(nn.Module):
         """None when ``estimator`` can train this model, else why not (sequential models)."""
         return estimator.sequential_support(self.parallel_rollouts) if self.sequential else None
 
+    def evals_per_step(self, estimator) -> int:
+        """Evaluations of f per example per training step (the cost logged as ``evals``)."""
+        return estimator.evals
+
+    def estimator_mode(self, estimator) -> dict:
+        """How this model applies the estimator (summary.json, next to its properties)."""
+        return {}
+
     def noise_shape(self, estimator, batch: int) -> tuple[int, ...]:
         """Shape of the uniforms of one training estimate for a minibatch of ``batch`` inputs."""
         return estimator.noise_shape((batch, *self.latent_shape))

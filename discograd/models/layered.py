@@ -58,6 +58,16 @@ class LayeredModel(LatentModel):
     def noise_shape(self, estimator, batch: int) -> tuple[int, ...]:
         return layered.noise_shape(estimator, self.depth, (batch, *self.latent_shape))
 
+    def evals_per_step(self, estimator) -> int:
+        """rollout: one evaluation per rollout; local: f at the rollout, then the estimator's
+        evaluations for each layer (each with a rollout of the later layers)."""
+        if layered.mode(estimator) == "rollout":
+            return estimator.rollouts
+        return 1 + self.depth * estimator.evals
+
+    def estimator_mode(self, estimator) -> dict:
+        return {"layered_mode": layered.mode(estimator), "layers": self.depth}
+
     def forward(self, method: str, *args):
         """Dispatch for ``torch.func.functional_call`` (the frozen evaluations)."""
         return getattr(self, method)(*args)
