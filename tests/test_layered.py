@@ -346,3 +346,24 @@ def test_cost_and_mode_are_logged(cfg_of, tmp_path):
     with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
         evals = {float(r["value"]) for r in csv.DictReader(fh) if r["metric"] == "evals"}
     assert evals == {5.0}
+
+
+def test_presets_train_from_the_command_line(tmp_path):
+    """The SBN preset (categorical, ARSM per layer) and the two-layer VAE preset (REBAR per layer)
+    run through run.py and Hydra, and a rerun of the finished folder resumes it (nothing redone)."""
+    from test_run import check_run_folder, run, summary
+    short = ["train.steps=10", "train.log_every=5", "train.eval_every=10",
+             "train.checkpoint_every=10", "eval.samples=2", "eval.final_samples=4",
+             "train.batch_size=16", "report.run=false"]
+    for preset, est, extra in (("jang2016_sbn_categorical", "arsm", []),
+                               ("arm2019_two_layer", "rebar", ["model.latent_dim=20"])):
+        out = tmp_path / preset
+        run(f"+experiment={preset}", f"estimator={est}", *extra, *short,
+            f"hydra.run.dir={out}", cwd=tmp_path)
+        check_run_folder(out)
+        s = summary(out)
+        assert s["status"] == "completed" and s["estimator"]["layered_mode"] == "local"
+        assert math.isfinite(s["final"]["test/bound_4"])
+        run(f"+experiment={preset}", f"estimator={est}", *extra, *short,
+            f"hydra.run.dir={out}", cwd=tmp_path)
+        assert summary(out)["final"] == s["final"]

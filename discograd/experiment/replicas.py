@@ -94,7 +94,8 @@ def check_replicas(cfg: DictConfig) -> None:
     if model.sequential:
         raise ConfigError(f"{key} cannot vectorise model '{model.name}': its latents are "
                           "sequential (the model drives its rollout step by step); accepted: "
-                          "train.replicas=1, or a model with all latents at once (vae, toy)")
+                          "train.replicas=1, or a model with all latents at once (toy, or vae with "
+                          "model.layers=1)")
     from discograd.estimators import build_estimator
     est = build_estimator(cfg.estimator, model.kind, model.latent_shape)
     owned = ", ".join(n for n, p in est.named_parameters() if p.requires_grad)
