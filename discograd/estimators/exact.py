@@ -12,7 +12,6 @@ called on chunks of configurations so that each call sees at most ``CHUNK_ROWS``
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .base import (MAX_CONFIGS, ConfigError, Estimate, Estimator, Objective, all_configs, log_prob,

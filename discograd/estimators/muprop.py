@@ -13,6 +13,10 @@ Cost (``evals``): f at each of the S samples (one stacked call), plus f at the m
 gradient there (one forward and one vector-Jacobian product, computed with ``torch.func.vjp`` so
 that it composes with the diagnostics' vmap/grad); the backward pass is counted as one evaluation:
 ``evals = S + 2``.
+
+f(mu) and f'(mu) are those of ``smooth(f)``: f itself, or, for one layer of a layered model, f
+with the later layers at their means (MuProp's mean-field pass; estimators/layered.py). The
+control variate is linear in z, so any choice keeps the estimator unbiased.
 """
 from __future__ import annotations
 

@@ -33,6 +33,10 @@ The returned surrogate carries the model gradient only: eta and lambda enter it 
 detached leaves, so ``surrogate.backward()`` never reaches the estimator's own parameters, and no
 graph outlives the step (no create_graph/retain_graph state is stored on the module).
 
+Relaxed points are evaluated with ``smooth(f, lambda)``: f itself, or, for one layer of a layered
+model, f with the later layers relaxed at the same temperature (estimators/layered.py); the
+control variate only has to be continuous in z.
+
 Noise: ``noise_shape = (2 S, *logits.shape)``: u[:S] draw b (and z), exactly like every other
 estimator (common random numbers), u[S:2S] draw z~ | b. Cost: ``evals = 3 S`` (f(b), f(sigma(z)),
 f(sigma(z~)), one stacked call of f). With S > 1 the estimate is the mean of S independent ones.
