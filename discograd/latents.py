@@ -113,3 +113,34 @@ def all_configs(kind: str, latent_shape, device, dtype) -> Tensor:
     codes = torch.arange(k ** n, device=device)
     digits = torch.stack([(codes // k ** i) % k for i in range(n)], -1)     # [M, n]
     return one_hot(digits, k, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Latents in layers: what a layered model hands to the estimators (estimators/layered.py).
+# --------------------------------------------------------------------------------------------
+
+class Layers:
+    """What a layered model hands to :func:`layered_estimate` for one minibatch.
+
+    ``kind`` and ``shape`` are those of one layer (every layer has the same); ``depth`` = L.
+    Samples carry a leading rows axis: ``[R, B, *shape]``, R broadcasting (1 or any R).
+    ``frozen=True``: evaluated with the model's parameters detached (gradients reach the inputs
+    only)."""
+
+    kind: str
+    shape: tuple[int, ...]
+    depth: int
+
+    def logits(self, l: int, zs: list[Tensor], frozen: bool) -> Tensor:
+        """Logits of layer ``l`` given the samples ``zs`` of layers 0..l-1: ``[R, B, *shape]``
+        (``[1, B, *shape]`` for l = 0)."""
+        raise NotImplementedError
+
+    def objective(self, zs: list[Tensor], frozen: bool) -> Tensor:
+        """f at the samples of every layer: ``[R, B]``."""
+        raise NotImplementedError
+
+    def baseline_input(self) -> Tensor:
+        """A function of x alone ``[B, *shape]`` (the first layer's logits), for the learned
+        baseline of ``reinforce``."""
+        raise NotImplementedError

@@ -193,6 +193,22 @@ class Estimator(nn.Module):
     # with ``rollouts`` = S, and ``sample_step`` then returns S rows.
     joint_rollouts: ClassVar[bool] = False
 
+    # --- latents in layers (models/layered.py drives these; estimators/layered.py has the how) ---
+    def layered_mode(self) -> str:
+        """``rollout`` or ``local``: how this estimator runs on latents in layers."""
+        from . import layered
+        return layered.mode(self)
+
+    def layered_noise_shape(self, depth: int, batch_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Uniforms of one estimate on ``depth`` layers of ``batch_shape`` = (B, *shape) each."""
+        from . import layered
+        return layered.noise_shape(self, depth, batch_shape)
+
+    def layered_estimate(self, layers, u: Tensor) -> Estimate:
+        """The estimate on a :class:`discograd.latents.Layers` view (estimators/layered.py)."""
+        from . import layered
+        return layered.layered_estimate(self, layers, u)
+
     @property
     def rollouts(self) -> int:
         """Independent rollouts one estimate needs in a sequential model: S for the score-function

@@ -55,37 +55,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from discograd.latents import hard_sample, probs
+from discograd.latents import Layers, hard_sample, probs  # noqa: F401 (Layers: re-exported)
 from .base import Estimate, Estimator
 
 MODES = ("rollout", "local")
-
-
-class Layers:
-    """What a layered model hands to :func:`layered_estimate` for one minibatch.
-
-    ``kind`` and ``shape`` are those of one layer (every layer has the same); ``depth`` = L.
-    Samples carry a leading rows axis: ``[R, B, *shape]``, R broadcasting (1 or any R).
-    ``frozen=True``: evaluated with the model's parameters detached (gradients reach the inputs
-    only)."""
-
-    kind: str
-    shape: tuple[int, ...]
-    depth: int
-
-    def logits(self, l: int, zs: list[Tensor], frozen: bool) -> Tensor:
-        """Logits of layer ``l`` given the samples ``zs`` of layers 0..l-1: ``[R, B, *shape]``
-        (``[1, B, *shape]`` for l = 0)."""
-        raise NotImplementedError
-
-    def objective(self, zs: list[Tensor], frozen: bool) -> Tensor:
-        """f at the samples of every layer: ``[R, B]``."""
-        raise NotImplementedError
-
-    def baseline_input(self) -> Tensor:
-        """A function of x alone ``[B, *shape]`` (the first layer's logits), for the learned
-        baseline of ``reinforce``."""
-        raise NotImplementedError
 
 
 def mode(estimator: Estimator) -> str:

@@ -20,8 +20,8 @@
   is -bound_m, m = 1000 in Jang et al., 100 in Gu et al.). ``estimator=vimco`` trains the
   S-sample bound itself (MuProp section 5.1's objective with m = S).
 
-Both hand the estimators a :class:`discograd.estimators.layered.Layers` view through
-``sequential_estimate``; every estimator runs on them (estimators/layered.py says how).
+Both hand the estimator a :class:`discograd.latents.Layers` view through ``sequential_estimate``
+(``estimator.layered_estimate``); every estimator runs on them (estimators/layered.py says how).
 """
 from __future__ import annotations
 
@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discograd.errors import ConfigError
-from discograd.estimators import layered
-from discograd.latents import hard_sample, log_prob, uniform
+from discograd.latents import Layers, hard_sample, log_prob, uniform
 from .base import LatentModel
 from .vae import EVAL_ROWS, PRIORS, mlp
 
@@ -56,17 +55,17 @@ class LayeredModel(LatentModel):
         return None              # every estimator (rollout or per layer: estimators/layered.py)
 
     def noise_shape(self, estimator, batch: int) -> tuple[int, ...]:
-        return layered.noise_shape(estimator, self.depth, (batch, *self.latent_shape))
+        return estimator.layered_noise_shape(self.depth, (batch, *self.latent_shape))
 
     def evals_per_step(self, estimator) -> int:
         """rollout: one evaluation per rollout; local: f at the rollout, then the estimator's
         evaluations for each layer (each with a rollout of the later layers)."""
-        if layered.mode(estimator) == "rollout":
+        if estimator.layered_mode() == "rollout":
             return estimator.rollouts
         return 1 + self.depth * estimator.evals
 
     def estimator_mode(self, estimator) -> dict:
-        return {"layered_mode": layered.mode(estimator), "layers": self.depth}
+        return {"layered_mode": estimator.layered_mode(), "layers": self.depth}
 
     def forward(self, method: str, *args):
         """Dispatch for ``torch.func.functional_call`` (the frozen evaluations)."""
@@ -75,7 +74,7 @@ class LayeredModel(LatentModel):
     def sequential_estimate(self, x: Tensor, estimator, u: Tensor | None = None):
         if u is None:
             u = uniform(self.noise_shape(estimator, x.shape[0]), x)
-        return layered.layered_estimate(estimator, _View(self, x), u)
+        return estimator.layered_estimate(_View(self, x), u)
 
     def _sample(self, x: Tensor, samples: int, generator) -> list[Tensor]:
         """``samples`` exact joint samples of the layers: list of ``[S, B, *shape]``."""
@@ -90,7 +89,7 @@ class LayeredModel(LatentModel):
         return out.view(*out.shape[:-1], *self.latent_shape)
 
 
-class _View(layered.Layers):
+class _View(Layers):
     """The Layers view of one minibatch; ``frozen`` evaluations run the model with its
     parameters detached (torch.func.functional_call), so gradients reach only their inputs."""
 
