@@ -141,6 +141,8 @@ class LayeredVAE(LayeredModel):
                               "form; accepted: model.kl=sampled")
         if prior not in PRIORS:
             raise ConfigError(f"model.prior={prior!r} is invalid; accepted: {', '.join(PRIORS)}")
+        if not (math.isfinite(slope) and slope >= 0):
+            raise ConfigError(f"model.slope={slope} is invalid: it must be a finite number >= 0")
         self.kind, self.depth, self.train_objective = latent, int(layers), objective
         n = int(latent_dim)
         self.latent_shape = (n,) if latent == "bernoulli" else (n, int(classes))
@@ -168,24 +170,18 @@ class LayeredVAE(LayeredModel):
             return self._reshape(self.encoders[0](x)).unsqueeze(0)
         return self._reshape(self.encoders[l](_flat(zs[l - 1])))
 
-    def _log_joint_terms(self, x, zs):
-        """(-log p(x | z_1) - sum log p(z_l | z_l+1) - log p(z_L), sum_l log q(z_l | z_l-1)):
-        [R, B] each."""
-        z1 = _flat(zs[0])
-        out = self.decoder_x(z1)                                           # [R, B, 784]
+    def layered_objective(self, x, zs):
+        """f = -log p(x | z_1) - sum_l log p(z_l | z_l+1) - log p(z_L) + sum_l log q(z_l | z_l-1),
+        the negative log weight: [R, B]."""
+        out = self.decoder_x(_flat(zs[0]))                                 # [R, B, 784]
         nll = (F.softplus(out) - x * out).sum(-1)
         for l in range(1, self.depth):      # log p(zs[l - 1] | zs[l])
             nll = nll - log_prob(self._reshape(self.decoders[l - 1](_flat(zs[l]))), zs[l - 1],
                                  self.kind)
         nll = nll - log_prob(self.prior_logits.expand_as(zs[-1]), zs[-1], self.kind)
-        logq = 0.0
         for l in range(self.depth):
-            logq = logq + log_prob(self.layer_logits(x, l, zs[:l]), zs[l], self.kind)
-        return nll, logq
-
-    def layered_objective(self, x, zs):
-        nll, logq = self._log_joint_terms(x, zs)
-        return nll + logq
+            nll = nll + log_prob(self.layer_logits(x, l, zs[:l]), zs[l], self.kind)
+        return nll
 
     def encoder_parameters(self):
         return list(self.encoders.parameters())
