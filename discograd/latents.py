@@ -140,7 +140,3 @@ class Layers:
         """f at the samples of every layer: ``[R, B]``."""
         raise NotImplementedError
 
-    def baseline_input(self) -> Tensor:
-        """A function of x alone ``[B, *shape]`` (the first layer's logits), for the learned
-        baseline of ``reinforce``."""
-        raise NotImplementedError

@@ -67,9 +67,6 @@ class Tiny(layered.Layers):
               + log_prob(self.logits(1, [z0], frozen), z1, self.kind))
         return lin + quad + lq
 
-    def baseline_input(self):
-        return self.p["a0"]
-
 
 def rowwise(params, rows):
     return {k: v.expand(rows, *v.shape).clone().requires_grad_() for k, v in params.items()}

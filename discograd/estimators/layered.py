@@ -55,8 +55,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from discograd.latents import Layers, hard_sample, probs  # noqa: F401 (Layers: re-exported)
+from discograd.latents import Layers, hard_sample, probs
 from .base import Estimate, Estimator
+from .relaxed import relaxed_sample
 
 MODES = ("rollout", "local")
 
@@ -99,7 +100,6 @@ class Continuation:
             elif tau is None:
                 z = probs(lg, kind)                     # mean field
             else:
-                from .relaxed import relaxed_sample
                 z, _ = relaxed_sample(lg, kind, self._rows(k, c.shape[0]), tau, hard=False)
             zs.append(z)
         return layers.objective(zs, frozen=True)
@@ -116,13 +116,15 @@ def layered_estimate(estimator: Estimator, layers: Layers, u: Tensor) -> Estimat
     n = estimator.noise_shape((1, *layers.shape))[0]
     if mode(estimator) == "rollout":
         zs: list[Tensor] = []
-        logq = None
+        logq = first = None
         for l in range(layers.depth):
             lg = layers.logits(l, zs, frozen=False)
+            if l == 0:
+                first = lg[0].detach()          # a function of x alone: the baseline's input
             z, lq = estimator.sample_step(lg[0] if lg.shape[0] == 1 else lg, u[l, :n])
             zs.append(z)
             logq = lq if logq is None else logq + lq
-        return estimator.finish(layers.objective(zs, frozen=False), logq, layers.baseline_input())
+        return estimator.finish(layers.objective(zs, frozen=False), logq, first)
 
     # local: one rollout, then the estimator on each layer's one-layer problem
     zs, logits = [], []

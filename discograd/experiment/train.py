@@ -262,11 +262,10 @@ class Trainer:
         torch.manual_seed(int(cfg.seed))
         self.model = build_model(cfg)
         self.estimator: Estimator = build_estimator(cfg.estimator, self.model.kind, self.model.latent_shape)
-        if self.model.sequential:
-            why = self.model.estimator_support(self.estimator)
-            if why is not None:
-                raise ConfigError(f"estimator '{self.estimator.name}' cannot train model "
-                                  f"'{self.model.name}' with sequential latents: {why}")
+        why = self.model.estimator_support(self.estimator)
+        if why is not None:
+            raise ConfigError(f"estimator '{self.estimator.name}' cannot train model "
+                              f"'{self.model.name}' with sequential latents: {why}")
         if bool(cfg.train.compile) and self.model.sequential:
             raise ConfigError(f"train.compile=true cannot compile model '{self.model.name}': its "
                               "latents are sequential (the model drives the rollout step by step); "

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from discograd.errors import ConfigError
 from discograd.latents import Layers, hard_sample, log_prob, uniform
 from .base import LatentModel
-from .vae import EVAL_ROWS, PRIORS, mlp
+from .vae import EVAL_ROWS, add_prior, bias_at_mean_logit, check_prior_and_slope, mlp
 
 
 class LayeredModel(LatentModel):
@@ -85,6 +85,23 @@ class LayeredModel(LatentModel):
             zs.append(hard_sample(lg, self.kind, uniform(tuple(lg.shape), lg, generator)))
         return zs
 
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, samples: int, generator=None) -> dict[str, Tensor]:
+        """With exact joint samples z_k, k = 1..K, and -f(z_k) a log weight (VAE: log p(x, z) -
+        log q(z | x); SBN: log p(lower | h)): ``bound_K`` = log 1/K sum_k exp(-f(z_k)), ``loss``
+        = mean_k f(z_k), and ``elbo`` = -loss where the model reports it (the VAE)."""
+        names = self.metric_names(samples)
+        out: dict[str, list[Tensor]] = {k: [] for k in names}
+        chunk = max(1, EVAL_ROWS // samples)
+        for i in range(0, x.shape[0], chunk):
+            xb = x[i:i + chunk]
+            log_w = -self.layered_objective(xb, self._sample(xb, samples, generator))   # [S, B]
+            out["loss"].append(-log_w.mean(0))
+            if "elbo" in out:
+                out["elbo"].append(log_w.mean(0))
+            out[f"bound_{samples}"].append(torch.logsumexp(log_w, 0) - math.log(samples))
+        return {k: torch.cat(v) for k, v in out.items()}
+
     def _reshape(self, out: Tensor) -> Tensor:
         return out.view(*out.shape[:-1], *self.latent_shape)
 
@@ -111,9 +128,6 @@ class _View(Layers):
     def objective(self, zs, frozen):
         return self._call(frozen, "layered_objective", self.x, zs)
 
-    def baseline_input(self):
-        return self.model.layer_logits(self.x, 0, [])[0].detach()
-
 
 def _flat(z: Tensor) -> Tensor:
     return z.flatten(2) if z.dim() > 3 else z
@@ -139,10 +153,7 @@ class LayeredVAE(LayeredModel):
             raise ConfigError(f"model.kl={kl} is invalid with model.layers={layers}: the KL of a lower "
                               "layer, E_q[log q(z_l | z_l-1) - log p(z_l | z_l+1)], has no closed "
                               "form; accepted: model.kl=sampled")
-        if prior not in PRIORS:
-            raise ConfigError(f"model.prior={prior!r} is invalid; accepted: {', '.join(PRIORS)}")
-        if not (math.isfinite(slope) and slope >= 0):
-            raise ConfigError(f"model.slope={slope} is invalid: it must be a finite number >= 0")
+        check_prior_and_slope(prior, slope)
         self.kind, self.depth, self.train_objective = latent, int(layers), objective
         n = int(latent_dim)
         self.latent_shape = (n,) if latent == "bernoulli" else (n, int(classes))
@@ -154,16 +165,10 @@ class LayeredVAE(LayeredModel):
         # decoders[l - 1]: z_l+1 -> logits of p(z_l | z_l+1) (0-based: zs[l] -> zs[l - 1])
         self.decoders = nn.ModuleList([mlp([width, *reversed(hidden), width], slope)
                                        for _ in range(self.depth - 1)])
-        zeros = torch.zeros(self.latent_shape)
-        if prior == "learned":
-            self.prior_logits = nn.Parameter(zeros)
-        else:
-            self.register_buffer("prior_logits", zeros)
+        add_prior(self, prior, self.latent_shape)
 
-    @torch.no_grad()
     def set_data_mean(self, mean: Tensor) -> None:
-        m = mean.detach().to(self.decoder_x[-1].bias).clamp(1e-3, 1 - 1e-3)
-        self.decoder_x[-1].bias.copy_(torch.log(m) - torch.log1p(-m))
+        bias_at_mean_logit(self.decoder_x[-1], mean)
 
     def layer_logits(self, x, l, zs):
         if l == 0:
@@ -190,17 +195,6 @@ class LayeredVAE(LayeredModel):
         learned = [self.prior_logits] if isinstance(self.prior_logits, nn.Parameter) else []
         return list(self.decoder_x.parameters()) + list(self.decoders.parameters()) + learned
 
-    @torch.no_grad()
-    def evaluate(self, x, samples, generator=None):
-        out: dict[str, list[Tensor]] = {"loss": [], "elbo": [], f"bound_{samples}": []}
-        chunk = max(1, EVAL_ROWS // samples)
-        for i in range(0, x.shape[0], chunk):
-            xb = x[i:i + chunk]
-            log_w = -self.layered_objective(xb, self._sample(xb, samples, generator))   # [S, B]
-            out["elbo"].append(log_w.mean(0))
-            out["loss"].append(-log_w.mean(0))
-            out[f"bound_{samples}"].append(torch.logsumexp(log_w, 0) - math.log(samples))
-        return {k: torch.cat(v) for k, v in out.items()}
 
 
 HALF = 392      # the upper 14 rows of a 28 x 28 image
@@ -229,10 +223,8 @@ class SBN(LayeredModel):
                                    for l in range(self.depth)])
         self.out = nn.Linear(width, 784 - HALF)
 
-    @torch.no_grad()
     def set_data_mean(self, mean: Tensor) -> None:
-        m = mean.detach()[HALF:].to(self.out.bias).clamp(1e-3, 1 - 1e-3)
-        self.out.bias.copy_(torch.log(m) - torch.log1p(-m))
+        bias_at_mean_logit(self.out, mean[HALF:])          # of the lower half
 
     def layer_logits(self, x, l, zs):
         if l == 0:
@@ -250,13 +242,3 @@ class SBN(LayeredModel):
     def decoder_parameters(self):
         return list(self.out.parameters())
 
-    @torch.no_grad()
-    def evaluate(self, x, samples, generator=None):
-        out: dict[str, list[Tensor]] = {"loss": [], f"bound_{samples}": []}
-        chunk = max(1, EVAL_ROWS // samples)
-        for i in range(0, x.shape[0], chunk):
-            xb = x[i:i + chunk]
-            log_p = -self.layered_objective(xb, self._sample(xb, samples, generator))  # [S, B]
-            out["loss"].append(-log_p.mean(0))
-            out[f"bound_{samples}"].append(torch.logsumexp(log_p, 0) - math.log(samples))
-        return {k: torch.cat(v) for k, v in out.items()}

@@ -70,6 +70,31 @@ def kl_divergence(logits: Tensor, prior_logits: Tensor, kind: str) -> Tensor:
 PRIORS = ("learned", "uniform")
 
 
+def check_prior_and_slope(prior: str, slope: float) -> None:
+    if prior not in PRIORS:
+        raise ConfigError(f"model.prior={prior!r} is invalid; accepted: {', '.join(PRIORS)}")
+    if not (math.isfinite(slope) and slope >= 0):
+        raise ConfigError(f"model.slope={slope} is invalid: it must be a finite number >= 0")
+
+
+def add_prior(module: nn.Module, prior: str, shape: tuple[int, ...]) -> None:
+    """``module.prior_logits``: learned (a Parameter trained with the model; DisARM, ARM linear)
+    or uniform (a zero buffer: Bernoulli(1/2) / uniform categorical; Jang et al. 2016 §4.2, ARM
+    nonlinear code)."""
+    zeros = torch.zeros(shape)
+    if prior == "learned":
+        module.prior_logits = nn.Parameter(zeros)
+    else:
+        module.register_buffer("prior_logits", zeros)
+
+
+@torch.no_grad()
+def bias_at_mean_logit(layer: nn.Linear, mean: Tensor) -> None:
+    """Output bias := logit of the training data mean (DisARM code)."""
+    m = mean.detach().to(layer.bias).clamp(1e-3, 1 - 1e-3)
+    layer.bias.copy_(torch.log(m) - torch.log1p(-m))
+
+
 class VAE(LatentModel):
     name = "vae"
     main_metric = "elbo"
@@ -96,23 +121,11 @@ class VAE(LatentModel):
         hidden = [int(h) for h in hidden]
         self.encoder = mlp([x_dim, *hidden, width], slope)
         self.decoder = mlp([width, *reversed(hidden), x_dim], slope)
-        if prior not in PRIORS:
-            raise ConfigError(f"model.prior={prior!r} is invalid; accepted: {', '.join(PRIORS)}")
-        if not (math.isfinite(slope) and slope >= 0):
-            raise ConfigError(f"model.slope={slope} is invalid: it must be a finite number >= 0")
-        # learned: prior logits trained with the model (DisARM, ARM linear); uniform: fixed at 0,
-        # i.e. Bernoulli(1/2) / uniform categorical (Jang et al. 2016 §4.2, ARM nonlinear code)
-        zeros = torch.zeros(self.latent_shape)
-        if prior == "learned":
-            self.prior_logits = nn.Parameter(zeros)
-        else:
-            self.register_buffer("prior_logits", zeros)
+        check_prior_and_slope(prior, slope)
+        add_prior(self, prior, self.latent_shape)
 
-    @torch.no_grad()
     def set_data_mean(self, mean: Tensor) -> None:
-        """Decoder output bias := logit of the training data mean (DisARM code)."""
-        m = mean.detach().to(self.decoder[-1].bias).clamp(1e-3, 1 - 1e-3)
-        self.decoder[-1].bias.copy_(torch.log(m) - torch.log1p(-m))
+        bias_at_mean_logit(self.decoder[-1], mean)
 
     # --- the interface -----------------------------------------------------------------------
     def logits(self, x: Tensor) -> Tensor:
