@@ -78,3 +78,73 @@ def test_models_never_import_the_estimators():
                 assert "estimators" not in mod, f"{path.name} imports {mod}"
             elif isinstance(node, ast.Import):
                 assert not any("estimators" in a.name for a in node.names), path.name
+
+
+def _modules(package: str) -> list[str]:
+    root = ROOT / package
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "__main__.py":          # runs the command line when imported
+            continue
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+def test_every_module_of_the_package_imports():
+    """A module that fails to import (a missing dependency, a cycle at import time) fails here,
+    not in a user's run: each module is imported in a fresh interpreter of this environment."""
+    names = _modules("discograd") + _modules("analysis") + _modules("benchmarks")
+    code = ("import importlib, sys\nbad = []\nfor n in sys.argv[1:]:\n"
+            "    try:\n        importlib.import_module(n)\n"
+            "    except Exception as e:\n        bad.append(f'{n}: {e!r}')\n"
+            "print('\\n'.join(bad)); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(names) > 60, names
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """{top-level module name: files importing it} over the package and the checkout shortcuts,
+    standard library and first-party names excluded."""
+    first_party = {"discograd", "analysis", "benchmarks", "tests"}
+    found: dict[str, set[str]] = {}
+    for package in ("discograd", "analysis", "benchmarks"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in first_party:
+                        found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_imported_package_is_declared_in_pyproject():
+    """The scipy lesson: a package that is installed on the developer's machine but not declared
+    passes every test there and breaks every fresh install. Each third-party module the code
+    imports must come from a distribution that pyproject.toml names (dependencies, or an extra
+    for the optional ones)."""
+    import importlib.metadata as md
+    import re
+    import tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    def names(reqs):
+        return {re.split(r"[\s<>=!~\[;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+    required = names(project["dependencies"])
+    optional = set().union(*(names(v) for v in project["optional-dependencies"].values()))
+    dists = md.packages_distributions()
+    undeclared = {}
+    for module, files in _third_party_imports().items():
+        provided_by = {d.lower().replace("_", "-") for d in dists.get(module, [])}
+        if not provided_by & (required | optional):
+            undeclared[module] = (sorted(provided_by), sorted(files))
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+    # the statistics of the tables are a core feature: scipy is a dependency, not an extra
+    assert "scipy" in required
