@@ -1,4 +1,4 @@
-"""``python -m benchmarks [train] [probe] [eval] [startup] [sweep] [memory] [replicas] [defaults] [--device D] [--quick]``
+"""``python -m benchmarks [train] [probe] [eval] [startup] [sweep] [memory] [replicas] [defaults] [threads] [--device D] [--quick]``
 
 Runs the benchmarks (all of them without names), prints each table and writes it to
 ``benchmarks/results/<machine>.md`` (``cpu-<threads>threads`` or ``cuda-<gpu>``), replacing only
@@ -22,6 +22,9 @@ peak memory (resident set size on CPU, the CUDA allocator's peak on a GPU) is it
 - defaults: README command 1's run (``python run.py``: gradient diagnostics and the report on, as
   by default) against the same run with ``diagnostics.every=0 report.run=false``: what the
   default diagnostics and report cost.
+- threads: CPU thread policies (torch's default, OMP_WAIT_POLICY=PASSIVE, 1 thread, GOMP_SPINCOUNT
+  values, discograd.threads' count from the load) on an idle machine and with 2 background
+  CPU-bound processes, training steps/s of the linear VAE (benchmarks.threads; CPU only).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import torch
 
 from .common import ROOT, describe, device_of, machine
 
-SECTIONS = ("train", "probe", "eval", "startup", "sweep", "memory", "replicas", "defaults")
+SECTIONS = ("train", "probe", "eval", "startup", "sweep", "memory", "replicas", "defaults", "threads")
 MARK = "BENCH-RESULT "
 
 NOTES = {
@@ -59,6 +62,16 @@ NOTES = {
                 "sequential_harness_steps_s: the steps/s of one ordinary run (= the aggregate of N "
                 "runs one after another), measured just before and just after each group (mean); "
                 "plain_loops_steps_s: the same for the plain loop; ratios: group / those.",
+    "threads": "steps/s of the default linear VAE (batch 50) as a real run.py process (fresh per run: "
+               "OpenMP reads its environment at start), over 1.5 s of training after a warm-up log "
+               "interval (a stalled run: what it logged within 3 s after its first interval) (the loop's own steps_per_s, train.log_every=25); policies interleaved in 3 "
+               "rounds, order rotated; idle rounds first, then loaded rounds (2 background "
+               "single-thread Python busy loops); steps_s: median over rounds, with each round's "
+               "value; ratio: median over rounds of policy / torch default in the same round; "
+               "threads: torch.get_num_threads() in the run; others: cores used by all other "
+               "processes during the run (median); load1: 1-minute load average and busy: cores busy "
+               "(/proc/stat, 0.5 s) before each round; note: idle rounds that were not idle. "
+               "--quick: 3 policies, 1 s.",
     "memory": "peak memory in MiB of a child process that runs only that side (CPU: peak resident "
               "set size, which includes the ~300 MiB of the torch import; CUDA: allocator peak).",
 }
@@ -170,6 +183,11 @@ def run_section(name: str, device: str, quick: bool, repeats: int) -> list[dict]
         return processes.startup(device_of(device))
     if name == "defaults":
         return processes.defaults(device_of(device), quick)
+    if name == "threads":
+        if device != "cpu":
+            return [{"skipped": f"CPU thread policies; not measured on {device}"}]
+        from . import threads
+        return threads.run(quick)
     if name == "sweep":
         steps = 2000 if quick else 20000
         return processes.sweep(["+experiment=quick_toy", "estimator=st,reinforce,gumbel", "seed=0,1,2",
