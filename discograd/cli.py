@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from discograd.threads import configure_threads
 
-from discograd.experiment.config import register_configs
+try:
+    # before torch is imported (hydra_entry imports it): OpenMP reads OMP_NUM_THREADS once, at load
+    configure_threads()
+except ValueError as e:                          # a bad DISCOGRAD_THREADS: a message, not a trace
+    print(f"discograd: {e}", file=sys.stderr)
+    sys.exit(2)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from discograd.experiment.config import register_configs  # noqa: E402
 
 _HELP = any(a in ("--help", "-h") for a in sys.argv[1:])
 if not _HELP:
@@ -45,7 +54,29 @@ def main() -> float | None:
         sys.exit(0)
     if any(a in ("-sc", "--shell-completion") for a in sys.argv[1:]):
         _hide_schema_groups_from_completion()
-    return _app()
+        return _app()
+    # every job composed and validated before Hydra makes a folder or starts a job
+    from discograd.experiment.launch import precheck
+    precheck(sys.argv[1:])
+    from discograd.experiment.callbacks import SWEEP, finish_sweep
+    try:
+        result = _app()
+    except SystemExit:
+        if not SWEEP:
+            raise
+        result = None        # a launcher that failed (Hydra said why) never called the callback
+    finish_sweep()
+    incomplete = SWEEP.get("incomplete")
+    if incomplete:
+        from discograd.errors import EXIT_SWEEP_INCOMPLETE
+        report = SWEEP["dir"] / "analysis" / "report.md"
+        lines = [f"  {job}: {status}" + (f": {error}" if error else "")
+                 for job, status, error in incomplete]
+        print(f"discograd: {len(incomplete)} job(s) of the sweep in {SWEEP['dir']} did not "
+              "complete:\n" + "\n".join(lines)
+              + (f"\nreport: {report}" if report.exists() else ""), file=sys.stderr, flush=True)
+        sys.exit(EXIT_SWEEP_INCOMPLETE)
+    return result
 
 
 if __name__ == "__main__":

@@ -1,4 +1,11 @@
-"""Errors discograd raises on purpose."""
+"""Errors discograd raises on purpose, and the exit codes of the command line (README, "Exit
+codes")."""
+
+EXIT_OK = 0
+EXIT_INVALID = 2          # a refused configuration or command (before any work)
+EXIT_DIVERGED = 3         # the run diverged (summary.json status diverged)
+EXIT_SWEEP_INCOMPLETE = 4  # a sweep ended with jobs that did not complete (listed in its report)
+EXIT_BUSY = 75            # the run folder is in use by another process (EX_TEMPFAIL)
 
 
 class ConfigError(ValueError):

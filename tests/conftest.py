@@ -1,11 +1,19 @@
 """Shared fixtures: composed configs (Hydra's compose API, as ``python run.py`` would compose them)."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    # before torch loads: `pytest -n 2` on 2 cores runs two workers side by side, and two
+    # processes of 2 spinning OpenMP threads each stall each other (discograd/threads.py: 50x
+    # slower); one thread per worker is the count discograd.threads would choose for the second
+    os.environ["OMP_NUM_THREADS"] = "1"
 
-from discograd.experiment.config import compose_config
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from discograd.experiment.config import compose_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -64,6 +64,29 @@ def read_summary(folder: Path) -> dict:
         return {"status": "unreadable"}
 
 
+def error_line(folder: Path, summary: dict) -> str:
+    """Why a run did not complete, in one line: summary.json's error message (a divergence, a
+    refusal, a failure), else the last ERROR record of its run.log ('' for a completed run)."""
+    error = summary.get("error")
+    if isinstance(error, dict):
+        error = error.get("message") or json.dumps(error)
+    if not error and summary.get("status") != "completed":
+        error = last_error_line(Path(folder) / "run.log")
+    return str(error).splitlines()[0] if error else ""
+
+
+def last_error_line(path: Path) -> str:
+    """The message of the last ERROR record of a run.log ('' if none)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if "][ERROR] - " in line:
+            return line.split("][ERROR] - ", 1)[1]
+    return ""
+
+
 @dataclass
 class Collection:
     runs: pd.DataFrame
@@ -119,8 +142,9 @@ def collect(path: str | Path) -> Collection:
         row.update({f"timings.{k}": v for k, v in (summary.get("timings") or {}).items()})
         if isinstance(summary.get("estimator"), dict) and "evals" in summary["estimator"]:
             row["evals_per_step"] = summary["estimator"]["evals"]     # f evaluations per example
-        if summary.get("error"):
-            row["error"] = json.dumps(summary["error"])
+        error = error_line(folder, summary)
+        if error:
+            row["error"] = error
         rows.append(row)
         if (folder / "metrics.csv").exists():
             m = pd.read_csv(folder / "metrics.csv")

@@ -65,6 +65,11 @@ class OnNaN(Enum):
     skip = "skip"      # skip the step (no parameter update) and count it; costs a sync per step
 
 
+class InvalidJobs(Enum):
+    refuse = "refuse"        # a sweep with an invalid job is refused whole, before any job starts
+    run_valid = "run_valid"  # the valid jobs run; the invalid ones are listed as refused
+
+
 class Progress(Enum):
     auto = "auto"      # a tqdm bar on a terminal outside sweeps, log lines otherwise
     bar = "bar"
@@ -198,6 +203,12 @@ class ReportConfig:
 
 
 @dataclass
+class SweepConfig:
+    # a multirun whose expansion holds invalid jobs (checked before any job starts)
+    invalid: InvalidJobs = InvalidJobs.refuse
+
+
+@dataclass
 class LoggerConfig:
     tensorboard: bool = False   # also write TensorBoard event files in the run folder (extra)
 
@@ -230,6 +241,7 @@ class Config:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     # set by paper presets (configs/experiment/): name, protocol, the final metric the published
     # numbers refer to, and published.<estimator> values; read by the analysis tables
     preset: Optional[PresetConfig] = None
@@ -240,9 +252,22 @@ class Config:
 RUN_ID = f"{time.strftime('%H-%M-%S')}.{os.getpid()}{secrets.token_hex(2)}"
 
 
-def register_configs() -> None:
+def _one_layer_or(layers, single, layered):
+    """``${one_layer_or:${model.layers},A,B}``: A for a model with one stochastic layer, B for two
+    or more. The defaults that only exist for one layer (the analytic KL, the gradient probe) use
+    it, so that ``model=vae model.layers=2`` composes to a config that runs."""
+    return single if int(layers) == 1 else layered
+
+
+def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: RUN_ID)
+    if not OmegaConf.has_resolver("one_layer_or"):
+        OmegaConf.register_new_resolver("one_layer_or", _one_layer_or)
+
+
+def register_configs() -> None:
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     from discograd.estimators import REGISTRY, config_schema
@@ -337,6 +362,7 @@ RESUMABLE_KEYS = (
                                          # the same with or without it
     "logger", "preset",                  # TensorBoard files; a preset's published numbers
     "report",                            # whether the end of the run writes its report
+    "sweep",                             # how the sweep around the run treats invalid jobs
 )
 
 

@@ -88,6 +88,17 @@ def _buildable(name: str, kind: str, latent_shape, sequential: bool) -> str | No
 BASIC = ("st", "reinforce", "gumbel", "st_gumbel")
 
 
+def probe_plan(dg, estimator_name: str, model) -> tuple[list[str], object]:
+    """(the probed estimators, the reference) that the ``diagnostics`` config ``dg`` asks for on
+    ``model`` trained with ``estimator_name``; ConfigError names a value that cannot work."""
+    spec = dg.estimators
+    if spec is not None and not isinstance(spec, str):
+        spec = list(spec)
+    names = resolve_estimators(spec, estimator_name, model.kind, model.sequential,
+                               model.latent_shape)
+    return names, parse_reference(dg.reference, model)
+
+
 def resolve_estimators(spec, trained: str, kind: str, sequential: bool,
                        latent_shape=None) -> list[str]:
     """Names for ``diagnostics.estimators``: None/'trained' = the trained one; 'basic' (the
@@ -167,7 +178,9 @@ def parse_reference(spec: str, model) -> Reference:
     feasible = hasattr(model, "exact_objective") or n_configs(model.kind, model.latent_shape) <= MAX_CONFIGS
     spec = str(spec)
     if spec == "auto":
-        return Reference("exact") if feasible else Reference("mc", "reinforce", AUTO_M)
+        from .launch import SHRINK_DRAWS, shrink_steps      # DISCOGRAD_SHRINK: a smoke test
+        draws = AUTO_M if shrink_steps() is None else min(AUTO_M, SHRINK_DRAWS)
+        return Reference("exact") if feasible else Reference("mc", "reinforce", draws)
     if spec == "exact":
         if not feasible:
             raise ConfigError(

@@ -142,8 +142,7 @@ class ReplicaGroup:
         self.cfg, self.out = cfg, Path(out_dir)
         n = int(cfg.train.replicas)
         from .validate import validate
-        validate(cfg)                               # bad input fails before any work
-        check_replicas(cfg)
+        validate(cfg)                # bad input fails before any work (check_replicas too)
         pick_device(plain(cfg.device))
         self.out.mkdir(parents=True, exist_ok=True)
         self.members: list[Trainer] = []
@@ -171,7 +170,7 @@ class ReplicaGroup:
         if not files:
             return None
         out = dict(files)
-        out["config.yaml"] = OmegaConf.to_yaml(c)
+        out["config.yaml"] = OmegaConf.to_yaml(c, resolve=True)
         overrides = yaml.safe_load(files.get("overrides.yaml", "[]")) or []
         overrides = [o for o in overrides if not str(o).lstrip("+~").startswith(("seed=", "train.replicas="))]
         out["overrides.yaml"] = OmegaConf.to_yaml(OmegaConf.create([*overrides, f"seed={int(c.seed)}"]))

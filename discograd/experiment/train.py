@@ -16,11 +16,13 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from discograd.errors import EXIT_BUSY, EXIT_DIVERGED, EXIT_INVALID
 from discograd.estimators import ConfigError, Estimator, build_estimator, uniform
 from discograd.models import MODELS, LatentModel
 from discograd.models.base import higher_is_better, with_labels
@@ -28,6 +30,7 @@ from .config import MISSING_VALUE, RESUMABLE_KEYS, config_diff, fingerprint, pla
 from .optim import Adam
 from .files import (BEST, CHECKPOINT, DAMAGED, PREVIOUS, RunLock, atomic_write, read_checkpoint,
                     save_checkpoint, write_json)
+from .launch import SHRINK_ENV, log_to_files, shrink
 from .logbook import CSVLog, MetricsLog, versions
 from .validate import validate
 
@@ -262,36 +265,15 @@ class Trainer:
         torch.manual_seed(int(cfg.seed))
         self.model = build_model(cfg)
         self.estimator: Estimator = build_estimator(cfg.estimator, self.model.kind, self.model.latent_shape)
-        why = self.model.estimator_support(self.estimator)
-        if why is not None:
-            raise ConfigError(f"estimator '{self.estimator.name}' cannot train model "
-                              f"'{self.model.name}' with sequential latents: {why}")
-        if bool(cfg.train.compile) and self.model.sequential:
-            raise ConfigError(f"train.compile=true cannot compile model '{self.model.name}': its "
-                              "latents are sequential (the model drives the rollout step by step); "
-                              "accepted: train.compile=false")
+        # the pairings of model, estimator and features were checked by validate(); the device
+        # is known only here
         from .graphs import check_cuda_graphs
         check_cuda_graphs(cfg, self.device, self.model.sequential, self.model.name)
-        if bool(cfg.train.compile) and self.estimator.not_compilable:
-            raise ConfigError(f"train.compile=true cannot compile estimator '{self.estimator.name}': "
-                              f"{self.estimator.not_compilable}; accepted: train.compile=false")
         dg = cfg.diagnostics
         self.probe = None
-        if int(dg.every) > 0 and self.model.sequential:
-            raise ConfigError(
-                f"diagnostics.every={dg.every} is not supported for model '{self.model.name}' with "
-                "sequential latents: the probe differentiates estimator(logits, f) with all logits "
-                "known in advance, which a model that drives its own rollout does not provide; "
-                "accepted: diagnostics.every=0 (or a non-sequential model)")
         if int(dg.every) > 0:
-            from . import diagnostics
-            spec = dg.estimators
-            if spec is not None and not isinstance(spec, str):
-                spec = list(spec)
-            self._diag_names = diagnostics.resolve_estimators(
-                spec, self.estimator.name, self.model.kind, self.model.sequential,
-                self.model.latent_shape)
-            self._diag_reference = diagnostics.parse_reference(dg.reference, self.model)
+            from .diagnostics import probe_plan
+            self._diag_names, self._diag_reference = probe_plan(dg, self.estimator.name, self.model)
         self.data = None
         if self.model.needs_data:
             self.data = self._shared_data if self._shared_data is not None \
@@ -350,7 +332,8 @@ class Trainer:
             # variance of the gradient the run applies (README, "Diagnostics")
             bs = int(dg.batch_size) if dg.batch_size is not None else int(cfg.train.batch_size)
             fit_lr = float(dg.fit_lr) if dg.fit_lr is not None else float(cfg.train.lr)
-            self.probe = diagnostics.Probe(
+            from .diagnostics import Probe
+            self.probe = Probe(
                 self.model, self.estimator, self._diag_names, self._diag_reference,
                 int(dg.samples), self.diagnostic_batch(bs), seed=int(cfg.seed),
                 trained_cfg=cfg.estimator, fit_steps=int(dg.fit_steps), fit_lr=fit_lr,
@@ -536,6 +519,8 @@ class Trainer:
         self.fingerprint, self.fingerprinted = fingerprint(resolved)
         self._resume_from: tuple[Path, dict] | None = None
         held = [n for n in (CHECKPOINT, PREVIOUS, "summary.json", "metrics.csv") if (out / n).exists()]
+        if held == ["summary.json"] and (self._read_summary() or {}).get("status") == "refused":
+            held = []                     # a sweep job refused here before: nothing was run
         self._fresh = not held
         if plain(cfg.train.resume) == "never":
             if held:
@@ -1046,7 +1031,9 @@ def write_report(folder: Path) -> None:
 
 
 def hydra_entry(cfg: DictConfig):
-    """Entry point called by run.py inside Hydra's job context."""
+    """Entry point called by run.py inside Hydra's job context. In a sweep, a job that is refused
+    or fails says so in one line and in its folder (summary.json, run.log) and returns: the other
+    jobs go on, and the sweep's report lists it (experiment/callbacks.py)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     hc = HydraConfig.get()
@@ -1057,66 +1044,99 @@ def hydra_entry(cfg: DictConfig):
         # parallel jobs on one machine: one intra-op thread each, so n_jobs processes do not
         # oversubscribe the cores (the speed of a joblib sweep comes from running jobs side by side)
         torch.set_num_threads(1)
+    shrunk = shrink(cfg)
+    if shrunk:
+        log.warning("%s is set: a smoke test, not a result (%s)", SHRINK_ENV, "; ".join(shrunk))
     progress = plain(cfg.train.progress)
     interactive = progress == "bar" or (progress == "auto" and not sweep and sys.stderr.isatty())
-    hydra_files = {"config.yaml": OmegaConf.to_yaml(cfg),
+    hydra_files = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
                    "hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
                    "overrides.yaml": OmegaConf.to_yaml(hc.overrides.task)}
+    job = f"job {hc.job.num}: " if sweep else ""
     if int(cfg.train.replicas) > 1:
-        return replica_entry(cfg, out, sweep, hydra_files)
+        return replica_entry(cfg, out, sweep, hydra_files, job)
     try:
         trainer = Trainer(cfg, out, interactive=interactive, hydra_files=hydra_files)
     except ConfigError as e:
-        what, code = ("run folder in use", 75) if isinstance(e, FolderInUse) else \
-            ("invalid configuration", 2)
-        log.error("%s: %s", what, e)
-        if sweep:
+        return _refused(e, sweep, out, job)
+    except Exception as e:
+        if not sweep:
             raise
-        print(f"discograd: {what}: {e}", file=sys.stderr)
-        sys.exit(code)
+        return _job_failed(e, out, job)      # e.g. the data could not be read
     try:
         summary = trainer.fit()
+    except Exception as e:
+        if not sweep:
+            raise
+        return _job_failed(e, out, job)     # summary.json says failed (Trainer._guard)
     finally:
         trainer.close()
     log.info("%s; run folder %s", report(summary), out)
     if bool(cfg.report.run) and not sweep:     # a sweep's jobs: one report for the sweep (callback)
         write_report(out)
     if summary["status"] == "diverged" and not sweep:
-        sys.exit(3)
+        sys.exit(EXIT_DIVERGED)
     return summary["final"].get(f"test/{trainer.model.main_metric}")
 
 
-def _refused(e: ConfigError, sweep: bool):
-    """A refused configuration: re-raised in a sweep (Hydra records the job's failure), else the
-    message on stderr and exit code 2 (75: the run folder is in use)."""
-    what, code = ("run folder in use", 75) if isinstance(e, FolderInUse) else \
-        ("invalid configuration", 2)
-    log.error("%s: %s", what, e)
-    if sweep:
-        raise e
-    print(f"discograd: {what}: {e}", file=sys.stderr)
-    sys.exit(code)
+def _refused(e: ConfigError, sweep: bool, out: Path, job: str = ""):
+    """A refused configuration, said once on stderr (and in run.log when the folder is this
+    run's): exit code 2 (75: the run folder is in use). In a sweep the job returns instead, and
+    a fresh folder records the refusal in summary.json (status ``refused``) for the report."""
+    what, code = ("run folder in use", EXIT_BUSY) if isinstance(e, FolderInUse) else \
+        ("invalid configuration", EXIT_INVALID)
+    ours = not isinstance(e, FolderInUse)
+    if ours:
+        log_to_files(logging.ERROR, "%s: %s", what, e)
+    print(f"discograd: {job}{what}: {e}", file=sys.stderr, flush=True)
+    if not sweep:
+        sys.exit(code)
+    if ours and (out / ".hydra").exists() and not any(
+            (out / n).exists() for n in (CHECKPOINT, PREVIOUS, "summary.json", "metrics.csv")):
+        write_json(out / "summary.json", {"status": "refused", "error": {"message": str(e)}})
+    return None
 
 
-def replica_entry(cfg: DictConfig, out: Path, sweep: bool, hydra_files: dict[str, str]):
+def _job_failed(e: BaseException, out: Path, job: str):
+    """A sweep's job that failed at run time: the traceback goes to its run.log, one line to
+    stderr; the sweep goes on (its report lists the job with this error)."""
+    log_to_files(logging.ERROR, "the run failed: %r\n%s", e, "".join(traceback.format_exception(e)))
+    if (out / ".hydra").exists() and not (out / "summary.json").exists():
+        write_json(out / "summary.json", {"status": "failed", "error": {"message": repr(e)}})
+    print(f"discograd: {job}failed: {e!r} (traceback in {out / 'run.log'})", file=sys.stderr,
+          flush=True)
+    return None
+
+
+def replica_entry(cfg: DictConfig, out: Path, sweep: bool, hydra_files: dict[str, str], job: str = ""):
     """``train.replicas=N``: the N members train in one process (experiment/replicas.py), each in
     its run folder ``out/seed=<s>``; returns the mean over the members of the test main metric."""
     from .replicas import ReplicaGroup
     try:
         group = ReplicaGroup(cfg, out, hydra_files=hydra_files)
-        try:
-            summaries = group.fit()
-        finally:
-            group.close()
     except ConfigError as e:
-        _refused(e, sweep)
+        return _refused(e, sweep, out, job)
+    except Exception as e:
+        if not sweep:
+            raise
+        return _job_failed(e, out, job)
+    try:
+        summaries = group.fit()
+    except ConfigError as e:
+        return _refused(e, sweep, out, job)
+    except Exception as e:
+        if not sweep:
+            raise
+        return _job_failed(e, out, job)
+    finally:
+        group.close()
     main = group.members[0].model.main_metric
     for m, s in zip(group.members, summaries):
         log.info("%s%s; run folder %s", m.tag, report(s), m.out)
     if bool(cfg.report.run) and not sweep:
         write_report(out)
     if any(s["status"] == "diverged" for s in summaries) and not sweep:
-        sys.exit(3)
+        sys.exit(EXIT_DIVERGED)
     values = [s["final"].get(f"test/{main}") for s in summaries]
     values = [v for v in values if v is not None and math.isfinite(v)]
     return sum(values) / len(values) if values else None

@@ -101,7 +101,8 @@ def _build_estimator(cfg) -> None:
     from .train import build_model         # here: train imports this module
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg)
-        build_estimator(cfg.estimator, model.kind, model.latent_shape)
+        estimator = build_estimator(cfg.estimator, model.kind, model.latent_shape)
+    _validate_pairing(cfg, model, estimator)
     select = str(cfg.eval.select)
     names = model.metric_names(int(cfg.eval.samples))
     if select not in ("auto", "none") and (select not in names or not model.needs_data):
@@ -109,6 +110,34 @@ def _build_estimator(cfg) -> None:
         raise ConfigError(f"eval.select={select} is invalid for model '{model.name}'"
                           + ("" if model.needs_data else " (it has no validation split)")
                           + f"; accepted: {accepted}")
+
+
+def _validate_pairing(cfg, model, estimator) -> None:
+    """What the model, the estimator and the features asked for can do together: checked on the
+    built objects, before any folder is held or any data loaded."""
+    why = model.estimator_support(estimator)
+    if why is not None:
+        raise ConfigError(f"estimator '{estimator.name}' cannot train model '{model.name}' with "
+                          f"sequential latents: {why}")
+    if bool(cfg.train.compile) and model.sequential:
+        raise ConfigError(f"train.compile=true cannot compile model '{model.name}': its latents are "
+                          "sequential (the model drives the rollout step by step); accepted: "
+                          "train.compile=false")
+    if bool(cfg.train.compile) and estimator.not_compilable:
+        raise ConfigError(f"train.compile=true cannot compile estimator '{estimator.name}': "
+                          f"{estimator.not_compilable}; accepted: train.compile=false")
+    dg = cfg.diagnostics
+    if int(dg.every) > 0:
+        if model.sequential:
+            raise ConfigError(
+                f"diagnostics.every={dg.every} is not supported for model '{model.name}' with "
+                "sequential latents: the probe differentiates estimator(logits, f) with all logits "
+                "known in advance, which a model that drives its own rollout does not provide; "
+                "accepted: diagnostics.every=0 (or a non-sequential model)")
+        from .diagnostics import probe_plan
+        probe_plan(dg, estimator.name, model)
+    from .replicas import check_replicas
+    check_replicas(cfg)
 
 
 def _validate_attention_and_canvas(cfg) -> None:
@@ -158,6 +187,14 @@ def _validate_objective_pairing(cfg) -> None:
     estimator's target (E_q[f] or the S-sample bound), and of diagnostics with that target."""
     est, model = cfg.estimator, cfg.model
     multisample = REGISTRY[est.name].objective == "multisample"
+    if multisample and model.name == "toy":
+        raise ConfigError(
+            f"estimator '{est.name}' estimates the gradient of the S-sample bound "
+            "log 1/S sum_s exp(-f(z_s)), but model 'toy' minimises E[f] (f is not a negative "
+            "log-likelihood, so that bound is not its objective and its exact_loss would not be "
+            "comparable); accepted with the toy: any estimator of E[f] (e.g. rloo, reinforce "
+            "estimator.samples=S); vimco trains model=vae model.objective=iwae, model=sbn or "
+            "model=attention")
     if model.name == "vae" and "objective" in model:
         objective = plain(model.objective)
         if objective == "iwae" and not multisample:

@@ -1,0 +1,124 @@
+"""Messages a user acts on: every command is checked before Hydra makes a folder or starts a job
+(discograd/experiment/launch.py); a refusal is one line naming what was typed and what is accepted;
+a sweep with an invalid job is refused whole, or runs its valid jobs with ``sweep.invalid=run_valid``;
+a job that fails at run time is listed in the sweep's report; exit codes as the README's table."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from discograd.errors import EXIT_INVALID, EXIT_SWEEP_INCOMPLETE, ConfigError
+from discograd.experiment.launch import check_job, precheck
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DISCOGRAD_SHRINK": "4"}
+
+MESSAGES = [
+    # (the command's overrides, what the one line must say)
+    (["train.step=100"], ["train.step is not a config key; did you mean train.steps?",
+                          "keys of train: steps, batch_size"]),
+    (["estimator=gumbell"], ["estimator=gumbell is not an option of estimator; did you mean gumbel?",
+                             "accepted: annealed_st, arm"]),
+    (["model=quick_va"], ["model=quick_va is not an option of model; accepted: attention, sbn, toy, vae"]),
+    (["estimator=reinforce", "estimator.baseline=emma"],
+     ["estimator.baseline=emma is invalid; did you mean ema? accepted: none, ema, learned"]),
+    (["train.lr=abc"], ["train.lr=abc is invalid: it must be of type float"]),
+    (["+experiment=jang2016_bernoulli", "estimator=rloo"],
+     ["estimator.samples=1 is invalid for rloo",
+      "the value estimator.samples=1 comes from +experiment=jang2016_bernoulli"]),
+    (["estimator=vimco", "model=toy"], ["estimator 'vimco' estimates the gradient of the S-sample bound",
+                                        "model 'toy' minimises E[f]"]),
+    (["model=vae", "model.layers=2", "model.kl=analytic"],
+     ["model.kl=analytic is invalid with model.layers=2", "accepted: model.kl=sampled"]),
+]
+
+
+@pytest.mark.parametrize("overrides,says", MESSAGES, ids=[" ".join(o) for o, _ in MESSAGES])
+def test_a_refusal_names_the_value_and_what_is_accepted(overrides, says, tmp_path, monkeypatch,
+                                                        capsys):
+    with pytest.raises(ConfigError) as e:
+        check_job(overrides, device=False)
+    message = str(e.value)
+    for part in says:
+        assert part in message, message
+    assert "Config'" not in message and "object_type" not in message   # no schema class names
+    # the command line: one line on stderr, exit code 2, no run folder
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        precheck(overrides)
+    assert exit_.value.code == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert err.count("discograd: invalid configuration:") == 1 and says[0] in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_preset_value_the_command_overrides_is_not_blamed_on_the_preset():
+    with pytest.raises(ConfigError) as e:
+        check_job(["+experiment=jang2016_bernoulli", "estimator=rloo", "estimator.samples=0"],
+                  device=False)
+    assert "comes from +experiment" not in str(e.value)
+
+
+def test_the_defaults_of_the_two_layer_vae_run_as_they_are():
+    cfg = check_job(["model=vae", "model.layers=2"], device=False)
+    assert str(cfg.model.kl.value) == "sampled" and int(cfg.diagnostics.every) == 0
+    cfg = check_job(["model=vae"], device=False)
+    assert str(cfg.model.kl.value) == "analytic" and int(cfg.diagnostics.every) > 0
+
+
+SWEEP = ["-m", "+experiment=quick_toy", "model.latent=categorical", "estimator=st,arm,gumbel"]
+
+
+def test_a_sweep_with_an_invalid_job_is_refused_whole(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        precheck(SWEEP)
+    assert e.value.code == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "1 of 3 job(s) of this sweep are invalid; no job was started" in err
+    assert "job 1 (estimator=arm): estimator 'arm' cannot train model 'toy' with categorical " \
+           "latents" in err
+    assert "sweep.invalid=run_valid" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_valid_sweep_passes_the_check(capsys):
+    precheck(["-m", "+experiment=quick_toy", "estimator=st,gumbel", "seed=0,1"])
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_run_valid_runs_the_rest_and_the_report_lists_the_refused_job(launcher, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), *SWEEP, "sweep.invalid=run_valid",
+                        f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == EXIT_SWEEP_INCOMPLETE, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert "1: refused: estimator 'arm' cannot train model 'toy'" in r.stderr
+    status = {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")}
+    assert status == {"0": "completed", "1": "refused", "2": "completed"}
+    report = (sweep / "analysis" / "report.md").read_text()
+    assert "refused" in report and "cannot train model 'toy' with categorical latents" in report
+
+
+def test_a_job_that_fails_at_run_time_is_listed_with_its_reason(tmp_path):
+    """The data of job 1 cannot be read (a data.root without MNIST): only found when it loads."""
+    sweep, empty = tmp_path / "sweep", tmp_path / "no-mnist-here"
+    empty.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "model=vae",
+                        "model.latent_dim=8", "estimator=st", f"data.root=null,{empty}",
+                        f"hydra.sweep.dir={sweep}"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == EXIT_SWEEP_INCOMPLETE, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert "1: failed:" in r.stderr and str(empty) in r.stderr
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "completed"
+    assert "Traceback" in (sweep / "1" / "run.log").read_text()     # the detail is kept
+    report = (sweep / "analysis" / "report.md").read_text()
+    assert "failed" in report and str(empty) in report
