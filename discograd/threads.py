@@ -108,18 +108,19 @@ def configure_threads(environ=None, *, spincount: int | None = None,
     setting = environ.get(ENV, "auto").strip().lower() or "auto"
     if setting in ("off", "torch", "false", "no", "0"):
         return {}
+    n = None
+    if setting != "auto":                  # checked even when an explicit count makes it moot
+        try:
+            n = int(setting)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{ENV}={environ[ENV]!r} is invalid: accepted: auto, off or a "
+                             "number of threads >= 1")
     done: dict[str, str] = {}
     if not user & set(COUNT_VARS):
-        if setting == "auto":
+        if n is None:
             n = threads_for(busy_cores(window), len(cpus()))
-        else:
-            try:
-                n = int(setting)
-            except ValueError:
-                raise ValueError(f"{ENV}={environ[ENV]!r} is invalid: accepted: auto, off or a "
-                                 "number of threads >= 1") from None
-            if n < 1:
-                raise ValueError(f"{ENV}={n} is invalid: accepted: auto, off or a number >= 1")
         done["OMP_NUM_THREADS"] = str(n)
     if spincount is not None and not user & set(SPIN_VARS):
         done["GOMP_SPINCOUNT"] = str(spincount)

@@ -23,3 +23,9 @@ def cfg_of():
     """``cfg_of("model=toy", "estimator=st")``: the config of ``python run.py model=toy
     estimator=st``."""
     return lambda *overrides: compose_config(overrides)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests (marked slow: the README's commands, end-to-end runs) first, so that
+    `pytest -n 2` ends with short tests on both workers instead of one long one on one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -555,8 +555,10 @@ def test_trainer_builds_the_iwae_vae(cfg_of):
     assert model.train_objective == "iwae"
 
 
-@pytest.mark.parametrize("name", ["rebar", "relax", "vimco"])
+@pytest.mark.parametrize("name", ["rebar", "relax"])
 def test_command_line_trains_the_toy(name, tmp_path):
+    """(vimco is refused on the toy: it estimates the S-sample bound, not E[f];
+    tests/test_messages.py.)"""
     out = tmp_path / name
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), f"estimator={name}", "model=toy",
                         "train.steps=50", "train.log_every=25", f"hydra.run.dir={out}"],
@@ -564,8 +566,7 @@ def test_command_line_trains_the_toy(name, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed"
-    assert summary["estimator"]["evals"] == (3 if name != "vimco" else 5)
+    assert summary["estimator"]["evals"] == 3
     assert math.isfinite(summary["final"]["test/exact_loss"])
     metrics = (out / "metrics.csv").read_text()
-    if name != "vimco":
-        assert ",train,tau," in metrics and ",train,eta," in metrics and ",train,cv_variance," in metrics
+    assert ",train,tau," in metrics and ",train,eta," in metrics and ",train,cv_variance," in metrics

@@ -122,3 +122,19 @@ def test_a_job_that_fails_at_run_time_is_listed_with_its_reason(tmp_path):
     assert "Traceback" in (sweep / "1" / "run.log").read_text()     # the detail is kept
     report = (sweep / "analysis" / "report.md").read_text()
     assert "failed" in report and str(empty) in report
+
+
+def test_a_sweep_prints_the_config_of_every_job(capsys):
+    """``-m ... --cfg``: Hydra alone refuses it; every job composed with its launcher settings."""
+    with pytest.raises(SystemExit) as e:
+        precheck(["-m", "model=toy", "estimator=st,gumbel", "hydra/launcher=submitit_slurm",
+                  "hydra.launcher.partition=gpu", "--cfg", "all"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "# job 0: model=toy estimator=st" in out and "# job 1: model=toy estimator=gumbel" in out
+    assert out.count("partition: gpu") == 2 and out.count("name: gumbel") == 1
+    with pytest.raises(SystemExit) as e:
+        precheck(["-m", "model=toy", "estimator=st,gumbel", "hydra/launcher=submitit_slurm",
+                  "hydra.launcher.partitio=gpu", "--cfg", "job"])
+    assert e.value.code == EXIT_INVALID
+    assert "did you mean hydra.launcher.partition?" in capsys.readouterr().err

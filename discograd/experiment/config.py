@@ -331,13 +331,14 @@ def help_text() -> str:
     return "\n".join(out)
 
 
-def compose_config(overrides=()):
+def compose_config(overrides=(), hydra: bool = False):
     """The config that ``python run.py OVERRIDES`` would use (Hydra's compose API, no run folder):
-    for tests, benchmarks and scripts."""
+    for tests, benchmarks and scripts. ``hydra=True``: with Hydra's own node (``hydra.*``: the
+    launcher, the sweeper, the run folders)."""
     from hydra import compose, initialize_config_dir
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def plain(value):

@@ -97,10 +97,11 @@ def _keys_at(parent: str, overrides) -> list[str]:
     from omegaconf import OmegaConf
     from .config import compose_config
     groups = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+    hydra = parent == "hydra" or parent.startswith("hydra.")
     try:
-        cfg = compose_config(groups)
+        cfg = compose_config(groups, hydra=hydra)
     except Exception:  # noqa: BLE001 - a suggestion is a courtesy
-        cfg = compose_config([])
+        cfg = compose_config([], hydra=hydra)
     node = cfg if not parent else OmegaConf.select(cfg, parent)
     return [str(k) for k in node.keys()] if node is not None and hasattr(node, "keys") else []
 
@@ -229,6 +230,8 @@ def precheck(argv: list[str]) -> None:
     overrides = list(args.overrides)
     try:
         shrink_steps()
+        if args.cfg and args.multirun:
+            show_sweep(overrides, args.cfg, args.package)     # exits
         if args.cfg:                             # printing a config: composing is the check
             jobs = _job_overrides(overrides, args.multirun)[:1]
             from .config import compose_config
@@ -268,6 +271,28 @@ def precheck(argv: list[str]) -> None:
     _refuse(f"{head}; no job was started:\n" + "\n".join(bad)
             + "\nFix or drop them, or run the valid jobs only with sweep.invalid=run_valid",
             what="invalid sweep")
+
+
+def show_sweep(overrides: list[str], which: str, package: str | None = None) -> None:
+    """``python run.py -m ... --cfg job|hydra|all``, which Hydra itself refuses: print the config
+    of every job of the sweep (composed as each job will be, launcher included), then exit 0; a
+    job that does not compose is refused (exit code 2) as the sweep would be."""
+    from omegaconf import OmegaConf
+    from .config import compose_config
+    for i, job in enumerate(_job_overrides(overrides, True)):
+        try:
+            cfg = compose_config(job, hydra=which != "job")
+        except Exception as e:  # noqa: BLE001
+            _refuse(f"job {i} ({' '.join(job)}): {explain(e, job)}")
+        if which == "hydra":
+            cfg = cfg.hydra
+        elif which == "job" and "hydra" in cfg:
+            del cfg["hydra"]
+        if package:
+            cfg = OmegaConf.select(cfg, package)
+        print(f"# job {i}: {' '.join(job)}")
+        print(OmegaConf.to_yaml(cfg) if OmegaConf.is_config(cfg) else cfg)
+    sys.exit(0)
 
 
 def _refuse(message: str, what: str = "invalid configuration") -> None:
