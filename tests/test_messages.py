@@ -28,6 +28,8 @@ MESSAGES = [
     (["estimator=reinforce", "estimator.baseline=emma"],
      ["estimator.baseline=emma is invalid; did you mean ema? accepted: none, ema, learned"]),
     (["train.lr=abc"], ["train.lr=abc is invalid: it must be of type float"]),
+    (["+train.step=3"], ["+train.step=3 adds a key that discograd does not read; did you mean "
+                         "train.steps?"]),
     (["+experiment=jang2016_bernoulli", "estimator=rloo"],
      ["estimator.samples=1 is invalid for rloo",
       "the value estimator.samples=1 comes from +experiment=jang2016_bernoulli"]),

@@ -192,6 +192,35 @@ def _job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
+def _refuse_new_keys(overrides: list[str]) -> None:
+    """``+train.step=3`` makes Hydra add a key that nothing reads (a silent typo of
+    ``train.steps``): refused like ``train.step=3``. Groups (``+experiment=NAME``), ``++`` and
+    Hydra's own keys are left to Hydra."""
+    from omegaconf import OmegaConf
+    from .config import compose_config
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if not key.startswith("+") or key.startswith("++") or "." not in key \
+                or key[1:].startswith("hydra."):
+            continue
+        key = key[1:]
+        rest = [x for x in overrides if x != o]
+        try:
+            known = OmegaConf.select(compose_config(rest), key, default=_ABSENT) is not _ABSENT
+        except Exception:  # noqa: BLE001 - the command's other errors are reported elsewhere
+            continue
+        if known:
+            continue
+        parent, name = key.rsplit(".", 1)
+        keys = _keys_at(parent, rest)
+        near = _nearest(name, keys).replace("did you mean ", f"did you mean {parent}.") or ";"
+        raise ConfigError(f"{o} adds a key that discograd does not read{near} keys of {parent}: "
+                          f"{', '.join(keys)} (README.md, 'Config keys')")
+
+
+_ABSENT = object()
+
+
 def check_job(overrides: list[str], device: bool) -> object:
     """The job's config (shrunk like the job will be), or ConfigError with the message a user
     reads (composition errors explained, a preset's value named)."""
@@ -203,6 +232,7 @@ def check_job(overrides: list[str], device: bool) -> object:
         raise
     except Exception as e:  # noqa: BLE001 - Hydra's composition errors, one family per cause
         raise ConfigError(explain(e, overrides)) from None
+    _refuse_new_keys(overrides)
     shrink(cfg)
     try:
         validate(cfg)
