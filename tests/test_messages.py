@@ -66,6 +66,15 @@ def test_a_preset_value_the_command_overrides_is_not_blamed_on_the_preset():
     assert "comes from +experiment" not in str(e.value)
 
 
+def test_a_plus_key_is_refused_only_where_the_schema_is_fixed():
+    """``+preset.published.NAME=...`` adds to a free-form node (a published number): accepted."""
+    cfg = check_job(["+experiment=tucker_toy_045", "estimator=st", "+preset.published.st=0.2"],
+                    device=False)
+    assert cfg.preset.published.st == 0.2
+    with pytest.raises(ConfigError, match=r"\+estimator.foo=1 adds a key that discograd does not"):
+        check_job(["estimator=st", "+estimator.foo=1"], device=False)
+
+
 def test_the_defaults_of_the_two_layer_vae_run_as_they_are():
     cfg = check_job(["model=vae", "model.layers=2"], device=False)
     assert str(cfg.model.kl.value) == "sampled" and int(cfg.diagnostics.every) == 0

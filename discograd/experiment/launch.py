@@ -205,13 +205,15 @@ def _refuse_new_keys(overrides: list[str]) -> None:
             continue
         key = key[1:]
         rest = [x for x in overrides if x != o]
+        parent, name = key.rsplit(".", 1)
         try:
-            known = OmegaConf.select(compose_config(rest), key, default=_ABSENT) is not _ABSENT
+            cfg = compose_config(rest)
         except Exception:  # noqa: BLE001 - the command's other errors are reported elsewhere
             continue
-        if known:
-            continue
-        parent, name = key.rsplit(".", 1)
+        node = OmegaConf.select(cfg, parent, default=None)
+        typed = OmegaConf.is_dict(node) and OmegaConf.get_type(node) not in (dict, None)
+        if not typed or OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+            continue                 # a free-form node (preset.published) takes new keys
         keys = _keys_at(parent, rest)
         near = _nearest(name, keys).replace("did you mean ", f"did you mean {parent}.") or ";"
         raise ConfigError(f"{o} adds a key that discograd does not read{near} keys of {parent}: "
