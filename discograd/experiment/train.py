@@ -1057,12 +1057,8 @@ def hydra_entry(cfg: DictConfig):
         return replica_entry(cfg, out, sweep, hydra_files, job)
     try:
         trainer = Trainer(cfg, out, interactive=interactive, hydra_files=hydra_files)
-    except ConfigError as e:
-        return _refused(e, sweep, out, job)
     except Exception as e:
-        if not sweep:
-            raise
-        return _job_failed(e, out, job)      # e.g. the data could not be read
+        return _stopped(e, sweep, out, job)    # refused, or e.g. the data could not be read
     try:
         summary = trainer.fit()
     except Exception as e:
@@ -1097,6 +1093,16 @@ def _refused(e: ConfigError, sweep: bool, out: Path, job: str = ""):
     return None
 
 
+def _stopped(e: Exception, sweep: bool, out: Path, job: str):
+    """A run that could not go on: a ConfigError is a refusal (:func:`_refused`); any other error
+    is re-raised in a single run (a traceback) and recorded as a failed job in a sweep."""
+    if isinstance(e, ConfigError):
+        return _refused(e, sweep, out, job)
+    if not sweep:
+        raise e
+    return _job_failed(e, out, job)
+
+
 def _job_failed(e: BaseException, out: Path, job: str):
     """A sweep's job that failed at run time: the traceback goes to its run.log, one line to
     stderr; the sweep goes on (its report lists the job with this error)."""
@@ -1114,20 +1120,12 @@ def replica_entry(cfg: DictConfig, out: Path, sweep: bool, hydra_files: dict[str
     from .replicas import ReplicaGroup
     try:
         group = ReplicaGroup(cfg, out, hydra_files=hydra_files)
-    except ConfigError as e:
-        return _refused(e, sweep, out, job)
     except Exception as e:
-        if not sweep:
-            raise
-        return _job_failed(e, out, job)
+        return _stopped(e, sweep, out, job)
     try:
         summaries = group.fit()
-    except ConfigError as e:
-        return _refused(e, sweep, out, job)
     except Exception as e:
-        if not sweep:
-            raise
-        return _job_failed(e, out, job)
+        return _stopped(e, sweep, out, job)
     finally:
         group.close()
     main = group.members[0].model.main_metric
