@@ -29,15 +29,18 @@ def cmd(*args):
     return [sys.executable, str(ROOT / "run.py"), *args]
 
 
+CLOCKS = ("steps_per_s", "training_s")     # clock readings: differ between any two runs
+
+
 def rows(path: Path, drop=("wall_time",)) -> list[tuple]:
     if not path.exists():
         return []
     with open(path, newline="") as fh:
         out = []
         for r in csv.DictReader(fh):
-            if r.get("metric") == "steps_per_s" or "seconds_per_estimate" in r:
+            if r.get("metric") in CLOCKS or "seconds_per_estimate" in r:
                 r.pop("seconds_per_estimate", None)
-                if r.get("metric") == "steps_per_s":
+                if r.get("metric") in CLOCKS:
                     continue
             out.append(tuple((k, v) for k, v in r.items() if k not in drop))
         return out

@@ -37,10 +37,10 @@ def start(*args, **kw):
 
 
 def rows(path: Path) -> list[tuple]:
-    """metrics.csv rows without the wall clock (wall_time, steps_per_s)."""
+    """metrics.csv rows without the wall clock (wall_time, steps_per_s, training_s)."""
     with open(path, newline="") as fh:
         return [(r["step"], r["epoch"], r["split"], r["metric"], r["value"])
-                for r in csv.DictReader(fh) if r["metric"] != "steps_per_s"]
+                for r in csv.DictReader(fh) if r["metric"] not in ("steps_per_s", "training_s")]
 
 
 def last_step(path: Path) -> int:

@@ -376,7 +376,7 @@ class ReplicaGroup:
         order = sorted(live)
         spent, before = {}, 0.0
         for i in order:
-            active[i].clock._paused += before
+            active[i].clock.exclude(before)
             t0 = time.perf_counter()
             run_phase(i)
             spent[i] = time.perf_counter() - t0
@@ -385,7 +385,7 @@ class ReplicaGroup:
         seen = 0.0
         for i in order:
             seen += spent[i]
-            active[i].clock._paused += total - seen      # the members after it
+            active[i].clock.exclude(total - seen)      # the members after it
 
     def _pass_on(self, previous: dict) -> None:
         if self._signal is None:

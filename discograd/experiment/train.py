@@ -163,17 +163,26 @@ class SimpleRun:
 
 class Stopwatch:
     """The run's clocks. ``elapsed()``: seconds of this run over all its sessions (training,
-    evaluation, diagnostics; what checkpoints keep). ``rate(step)``: steps per second of training
-    alone since the last call (time inside ``paused()`` excluded). ``timed(phase)``: also adds the
-    time to ``seconds[phase]`` (this session's eval and diagnostics seconds, in summary.json)."""
+    evaluation, diagnostics; what checkpoints keep). ``training()``: seconds of training alone over
+    all sessions (steps and their logging; not evaluations, probes, checkpoints or start-up:
+    every ``paused()`` and ``timed()`` span is excluded), the x axis of the wall-time curves
+    (``train/train_time`` in metrics.csv). ``rate(step)``: steps per second of training alone
+    since the last call. ``timed(phase)``: also adds the time to ``seconds[phase]`` (this
+    session's eval and diagnostics seconds, in summary.json)."""
 
-    def __init__(self, elapsed0: float, step: int):
-        self.start, self.elapsed0 = time.perf_counter(), float(elapsed0)
+    def __init__(self, elapsed0: float, step: int, training0: float = 0.0):
+        self.start, self.elapsed0, self.training0 = time.perf_counter(), float(elapsed0), float(training0)
         self.seconds = {"eval": 0.0, "diagnostics": 0.0}
+        self._excluded, self._depth, self._out = 0.0, 0, 0.0
         self.mark(step)
 
     def elapsed(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.start
+
+    def training(self) -> float:
+        now = time.perf_counter()
+        inside = now - self._out if self._depth else 0.0      # inside an excluded span now
+        return self.training0 + now - self.start - self._excluded - inside
 
     def mark(self, step: int) -> None:
         self._t, self._step, self._paused = time.perf_counter(), step, 0.0
@@ -184,21 +193,39 @@ class Stopwatch:
         self._t, self._step, self._paused = now, step, 0.0
         return r
 
+    def exclude(self, seconds: float) -> None:
+        """``seconds`` spent on something else (another replica's phases): not training."""
+        self._paused += seconds
+        self._excluded += seconds
+
+    @contextlib.contextmanager
+    def _span(self):
+        t0 = time.perf_counter()
+        self._depth += 1
+        if self._depth == 1:
+            self._out = t0
+        try:
+            yield t0
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._excluded += time.perf_counter() - self._out
+
     @contextlib.contextmanager
     def paused(self):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._paused += time.perf_counter() - t0
+        with self._span() as t0:
+            try:
+                yield
+            finally:
+                self._paused += time.perf_counter() - t0
 
     @contextlib.contextmanager
     def timed(self, phase: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - t0
+        with self._span() as t0:
+            try:
+                yield
+            finally:
+                self.seconds[phase] += time.perf_counter() - t0
 
 
 class Batches:
@@ -316,6 +343,7 @@ class Trainer:
                                         self.opt.zero_grad, f"estimator '{self.estimator.name}'")
         self.step = 0
         self.elapsed = 0.0            # training + eval seconds over all sessions (resume-safe)
+        self.training_time = 0.0      # training alone (Stopwatch.training), over all sessions
         self.skip_nan = plain(cfg.train.on_nan) == "skip"
         self.skipped = 0              # steps skipped for a non-finite loss or gradient
         # training loss summed since the last log (in step order, so that a resumed run logs the
@@ -484,7 +512,8 @@ class Trainer:
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"step": self.step, "elapsed": self.elapsed, "model": owned(self.model.state_dict()),
+        return {"step": self.step, "elapsed": self.elapsed, "training_time": self.clock.training() if getattr(self, "clock", None) else self.training_time,
+                "model": owned(self.model.state_dict()),
                 "estimator": owned(self.estimator.state_dict()), "optimizer": self.opt.state_dict(),
                 "batches": self.batches.state_dict(), "rng": rng, "skipped": self.skipped,
                 "data_rng": self.data_gen.get_state(), "noise_rng": self.noise_gen.get_state(),
@@ -622,6 +651,7 @@ class Trainer:
         if "cuda" in s["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(s["rng"]["cuda"].cpu(), self.device)
         self.step, self.elapsed = int(s["step"]), float(s["elapsed"])
+        self.training_time = float(s.get("training_time", s["elapsed"]))
         self.skipped = int(s.get("skipped", 0))
         acc = s.get("log_accumulator", {"sum": torch.zeros(()), "n": 0})
         self._loss_sum, self._n_sum = acc["sum"].to(self.device), int(acc["n"])
@@ -739,7 +769,8 @@ class Trainer:
         mean_loss = (self._loss_sum / self._n_sum).item() if self._n_sum else math.nan
         values = {"loss": mean_loss, "hard_loss": None,
                   "evals": self.model.evals_per_step(self.estimator),
-                  "steps_per_s": self.clock.rate(s), **self.estimator.scalars(),
+                  "steps_per_s": self.clock.rate(s), "training_s": self.clock.training(),
+                  **self.estimator.scalars(),
                   **{k: v.item() for k, v in self._stats.items()}}
         values["hard_loss"] = self.hard_loss(x)        # after the rate: counted as training time
         if self.skip_nan:
@@ -882,7 +913,7 @@ class Trainer:
 
     def open_session(self, signals: bool = True) -> SimpleRun:
         """Start the clock (and, unless ``signals`` is False, catch SIGTERM / SIGUSR1 / SIGUSR2)."""
-        self.clock = Stopwatch(self.elapsed, self.step)
+        self.clock = Stopwatch(self.elapsed, self.step, self.training_time)
         self._previous_handlers = self._install_signals() if signals else {}
         return SimpleRun()
 
