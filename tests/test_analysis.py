@@ -62,8 +62,8 @@ def test_every_plot_exists_and_is_not_empty(sweep):
     assert "did not complete" in report and "killed" in report and "missing" in report
     # the gradient table of the last probe, and the loss panel's labels say what each loss is
     assert "Gradient diagnostics at the last probe" in report
-    assert "### toy, runs trained with st" in report and "| st | trained |" in report
-    assert "| reinforce | none |" in report          # a comparator in the st runs
+    assert "### toy, runs trained with st" in report and "| st | no | trained |" in report
+    assert "| reinforce | yes | none |" in report          # a comparator in the st runs
     # the sweep's own report, written by the Hydra callback when the last job ended
     assert (path / "analysis" / "report.md").exists()
 

@@ -84,8 +84,10 @@ def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
     common = [f"+experiment={preset}", f"train.steps={steps}", f"train.eval_every={every}",
               f"train.checkpoint_every={every}",
               f"train.log_every={min(max(scaled(int(tr.log_every), budget), steps // 100), steps)}"]
+    probe_every = 0
     if int(base.diagnostics.every) > 0:
-        common.append(f"diagnostics.every={max(scaled(int(base.diagnostics.every), budget), every)}")
+        probe_every = max(scaled(int(base.diagnostics.every), budget), every)
+        common.append(f"diagnostics.every={probe_every}")
     jobs = {}
     for name in names:
         try:
@@ -112,7 +114,8 @@ def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
                                                   *[f"{k}={','.join(map(str, v))}" for k, v in keys.items()],
                                                   *extra]}
     return {"preset": preset, "budget": budget, "steps": steps, "paper_steps": int(tr.steps),
-            "eval_every": every, "seeds": seeds, "grid": grid, "jobs": jobs, "cfg": base}
+            "eval_every": every, "probe_every": probe_every,
+            "preset_probe_every": int(base.diagnostics.every), "seeds": seeds, "grid": grid, "jobs": jobs, "cfg": base}
 
 
 def _points(grid: dict[str, list]) -> list[dict]:
@@ -141,6 +144,7 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
     keys = sorted({k for j in p["jobs"].values() for k in j["grid"]} & set(runs.columns))
     report = make_report(out, out / "analysis", select=keys)
     table = results_table(runs, keys=keys)
+    at = table["at"].dropna().iloc[0] if "at" in table and table["at"].notna().any() else "final"
     pre = p["cfg"].preset
     reduced = p["budget"] < 1
     lines = [f"# Reproduction: `{p['preset']}` — {pre.source}", "",
@@ -148,8 +152,12 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
              f"- **Budget: {p['budget']:g}** of the paper's steps: {p['steps']} of {p['paper_steps']} "
              + ("(**reduced**: numbers are not comparable to the published ones at face value)"
                 if reduced else "(full)"),
-             f"- Seeds: 0..{p['seeds'] - 1}; validation every {p['eval_every']} steps; the best "
-             "validation step's model is the one reported (eval.select).",
+             f"- Seeds: 0..{p['seeds'] - 1}; " + (
+                 f"validation every {p['eval_every']} steps; the best validation step's model is "
+                 "the one reported (eval.select)." if at == "best" else
+                 f"evaluation every {p['eval_every']} steps; the final model is the one reported "
+                 "(no validation metric to select a step on).")
+             + (f" Gradient diagnostics every {p['probe_every']} steps." if p.get("probe_every") else ""),
              "- Grid (selected per estimator on validation): " + (", ".join(
                  f"`{k}` ∈ {{{', '.join(map(str, v))}}}" for k, v in p["grid"].items()) or "none"),
              f"- Published metric: `{pre.metric}`; protocol: {pre.protocol}",
@@ -158,27 +166,64 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
              "", "## Ours next to the published numbers", "", caption(table), "", to_markdown(table),
              "## Deviations from the source (deliberate or unavoidable)", ""]
     lines += [f"- {d}" for d in pre.deviations] or ["- none listed"]
+    if p.get("probe_every") and p["probe_every"] != p.get("preset_probe_every"):
+        lines.append(f"- at this budget the periods are scaled: the runs probed every "
+                     f"{p['probe_every']} steps, not the preset's {p['preset_probe_every']} "
+                     "(a deviation above that quotes the preset's period means that one)")
     lines += ["", "## Fields no primary source confirmed", ""]
     lines += [f"- {d}" for d in pre.unconfirmed] or ["- none"]
-    lines += ["", "## Still improving at the end?", "",
-              "The validation metric at the last two evaluations of the selected runs (mean over "
-              "seeds), and its change per 1000 steps: a large change says the budget, not the "
-              "estimator, limits the number.", "", *convergence(col, keys)]
+    conv = convergence_table(col, keys)
+    conv.to_csv(out / "convergence.csv", index=False)
+    rows = convergence(col, keys)
+    lines += ["", "## Still improving at the end?", ""]
+    if len(rows) > 2:
+        lines += ["The evaluated metric (validation; test where there is no validation split) at "
+                  "the last two evaluations of the selected runs (mean over seeds), and its change "
+                  "per 1000 steps: a large change says the budget, not the estimator, limits the "
+                  "number.", "", *rows]
+    else:
+        lines += ["Not measurable: the runs have fewer than two evaluations."]
     lines += ["", f"Figures, tidy tables and the full report: [analysis/report.md]({report.relative_to(out)}).", ""]
     path = out / "reproduction.md"
     path.write_text("\n".join(lines))
+    # the facts docs/results/README.md is written from (analysis.results_index), beside table.csv
+    facts = {"preset": p["preset"], "source": str(pre.source), "metric": str(pre.metric),
+             "budget": p["budget"], "steps": p["steps"], "paper_steps": p["paper_steps"],
+             "seeds": p["seeds"], "eval_every": p["eval_every"], "probe_every": p.get("probe_every", 0),
+             "at": at, "runs": int(len(runs)), "status": {str(k): int(v) for k, v in
+                                                          runs.status.value_counts().items()},
+             "seconds": seconds, "grid": {k: list(map(str, v)) for k, v in p["grid"].items()},
+             "argv": list(argv)}
+    (out / "reproduction.json").write_text(json.dumps(facts, indent=1) + "\n")
+    if not col.grad_stats.empty:           # the equal-cost view at the last probe, per estimator
+        from . import plots
+        from .report import figure_rows
+        ids = selected_runs_of(col, keys)
+        g = col.grad_stats[col.grad_stats.run.isin(ids)]
+        if not g.empty:
+            g, _ = figure_rows(g)
+            plots.equal_cost(g).assign(step=int(g.step.max())).to_csv(out / "gradients.csv", index=False)
+    table.to_csv(out / "table.csv", index=False)
     return path
 
 
-def convergence(col, keys: list[str]) -> list[str]:
-    """Markdown rows: per estimator label (its selected runs), the validation metric at its last
-    two evaluations."""
+def selected_runs_of(col, keys: list[str]) -> set[str]:
+    from .report import selected_runs
+    from .tables import which_model
+    return selected_runs(col.runs, keys, which_model(col.runs)) if keys else set(col.runs.run)
+
+
+def convergence_table(col, keys: list[str]):
+    """Per estimator label (its selected runs): the evaluated metric (validation; test where
+    there is no validation split) at its last two evaluations, mean over seeds, shown as the
+    table shows it (bounds as positive nats), and its change per 1000 steps (``convergence.csv``)."""
+    import pandas as pd
     from .report import selected_runs
     from .tables import which_model
     ids = selected_runs(col.runs, keys, which_model(col.runs)) if keys else set(col.runs.run)
-    m = col.metrics[col.metrics.run.isin(ids) & (col.metrics.split == "valid")]
-    rows = ["| estimator | valid metric | step | value | last step | value | change per 1000 steps |",
-            "|---|---|---|---|---|---|---|"]
+    split = "valid" if (col.metrics.split == "valid").any() else "test"
+    m = col.metrics[col.metrics.run.isin(ids) & (col.metrics.split == split)]
+    rows = []
     for label, g in m.groupby("label"):
         name = next((n for n in sorted(g.metric.unique()) if n.startswith("bound_")), None) or g.metric.iloc[0]
         g = g[g.metric == name]
@@ -188,9 +233,22 @@ def convergence(col, keys: list[str]) -> list[str]:
         a, b = steps[-2], steps[-1]
         sign = -1.0 if name.startswith(("bound_", "elbo")) else 1.0     # bounds as positive nats
         va, vb = sign * g[g.step == a].value.mean(), sign * g[g.step == b].value.mean()
-        shown = f"-{name}" if sign < 0 else name
-        rows.append(f"| {label} | {shown} | {a} | {va:.2f} | {b} | {vb:.2f} | "
-                    f"{(vb - va) / (b - a) * 1000:+.2f} |")
+        rows.append({"estimator": label, "metric": f"{split}/{'-' if sign < 0 else ''}{name}",
+                     "nats": sign < 0, "step": int(a), "value": float(va), "last step": int(b),
+                     "last value": float(vb), "change per 1000 steps": float((vb - va) / (b - a) * 1000)})
+    return pd.DataFrame(rows)
+
+
+def convergence(col, keys: list[str]) -> list[str]:
+    """Markdown rows of :func:`convergence_table`."""
+    t = convergence_table(col, keys)
+    split = t["metric"].iloc[0].split("/")[0] if len(t) else "valid"
+    rows = [f"| estimator | {split} metric | step | value | last step | value | change per 1000 steps |",
+            "|---|---|---|---|---|---|---|"]
+    for _, r in t.iterrows():
+        d = 2 if r["nats"] or abs(r["last value"]) >= 10 else 4   # nats to 0.01; a small metric to 4 places
+        rows.append(f"| {r.estimator} | {r.metric.split('/', 1)[1]} | {r.step} | {r.value:.{d}f} | "
+                    f"{r['last step']} | {r['last value']:.{d}f} | {r['change per 1000 steps']:+.{d}f} |")
     return rows
 
 

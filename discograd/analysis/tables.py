@@ -166,8 +166,11 @@ def results_table(runs: pd.DataFrame, at: str = "auto", keys: list[str] | None =
                "setting": _describe(keys, pick["setting"]) if keys else "",
                "settings": pick["tried"]}
         if keys:
-            row["selected on"] = f"{pick['metric']} (mean over seeds)"
-            row["valid"] = pick["valid"]
+            # shown as the table shows its metrics: bounds and ELBOs as positive nats
+            sign = -1.0 if pick["metric"].split("/")[-1].startswith(("bound_", "elbo")) else 1.0
+            row["selected on"] = (f"{'-' if sign < 0 else ''}{pick['metric']} (mean over seeds"
+                                  + (", positive nats)" if sign < 0 else ")"))
+            row["valid"] = sign * pick["valid"]
         for col, name, sign in metric_columns(done, at):
             v = sign * g[col].dropna()
             if v.empty:
@@ -203,6 +206,8 @@ def _mark(rows: list[dict], done: pd.DataFrame, at: str, alpha: float) -> None:
         return
     for model in {r["model"] for r in rows}:
         mine = [r for r in rows if r["model"] == model and "_runs" in r]
+        if len(mine) < 2:          # nothing to compare with: no "best" of one
+            continue
         per_seed = {r["estimator"]: {int(s): float(v) for s, v in zip(r["_runs"]["seed"], r["_runs"][col])
                                      if not pd.isna(v)} for r in mine}
         per_seed = {k: v for k, v in per_seed.items() if v}
@@ -225,11 +230,34 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
-def _mean_ci(mean: float, half: float) -> str:
-    """``149.97 ± 0.40``: the mean to the precision of its interval (two significant digits of it)."""
+def _decimals(half) -> int | None:
+    """Decimals that show a mean to the precision of its interval (two significant digits of
+    the half-width); None without a finite interval."""
     if half is None or pd.isna(half) or math.isinf(half) or half <= 0:
-        return f"{mean:.4g} ± {_fmt(half, 2) or 'n/a'}"
-    d = min(6, max(0, 1 - math.floor(math.log10(half))))
+        return None
+    return min(6, max(0, 1 - math.floor(math.log10(half))))
+
+
+def column_decimals(means, halves) -> int:
+    """One number of decimals for a whole column: the finest any of its intervals needs, but no
+    more than 5 significant digits on its largest mean (149.32 ± 1.17, not 149.324 ± 1.165,
+    beside a row whose interval is 0.08)."""
+    ds = [d for d in (_decimals(h) for h in halves) if d is not None]
+    if not ds:
+        return 1
+    top = max((abs(m) for m in means if not pd.isna(m)), default=0.0)
+    digits = math.floor(math.log10(top)) + 1 if top > 0 else 0
+    return max(0, min(max(ds), 5 - max(digits, 0)))
+
+
+def _mean_ci(mean: float, half: float, d: int | None = None) -> str:
+    """``149.97 ± 0.40``: the mean to ``d`` decimals (default: the precision of its own
+    interval); with one run there is no interval, and the cell says n = 1 instead of ± inf."""
+    if half is None or pd.isna(half) or math.isinf(half) or half <= 0:
+        d = 1 if d is None else d
+        return f"{mean:.{d}f} (n = 1)" if (half is not None and not pd.isna(half) and math.isinf(half)) \
+            else f"{mean:.{d}f} ± n/a"
+    d = _decimals(half) if d is None else d
     return f"{mean:.{d}f} ± {half:.{d}f}"
 
 
@@ -243,6 +271,8 @@ def _cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                          "f-evals/step", "steps/s")
              if c in table.columns]
     header += extra
+    decimals = {n: column_decimals(table.get(f"{n} mean", pd.Series(dtype=float)),
+                                   table.get(f"{n} ci95", pd.Series(dtype=float))) for n in names}
     body = []
     for _, r in table.iterrows():
         cells = [str(r["model"]), str(r["estimator"])]
@@ -251,11 +281,12 @@ def _cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         cells.append(str(int(r["n"])))
         for n in names:
             m, h = r.get(f"{n} mean"), r.get(f"{n} ci95")
-            cells.append("" if pd.isna(m) else _mean_ci(m, h))
+            cells.append("" if pd.isna(m) else _mean_ci(m, h, decimals[n]))
         for e in extra:
             v = r.get(e)
             cells.append(_fmt(v, 2) if e == "p (Holm)" else
-                         str(int(v)) if e in ("f-evals/step", "best step") and not pd.isna(v) else _fmt(v))
+                         str(int(round(v))) if e in ("f-evals/step", "best step", "steps/s") and not pd.isna(v)
+                         else _fmt(v))
         body.append(cells)
     return header, body
 
@@ -267,8 +298,9 @@ def caption(table: pd.DataFrame) -> str:
     at = table["at"].dropna().iloc[0] if "at" in table else "final"
     parts = [("Test metrics of each run's model at its **best validation step** (eval.select)"
               if at == "best" else "Test metrics of each run's **final** model"),
-             "mean ± half-width of the 95 % t confidence interval over seeds (n runs); bounds and "
-             "ELBOs as positive nats (lower is better)"]
+             "mean ± half-width of the 95 % t confidence interval over seeds (n runs)"
+             + ("; bounds and ELBOs as positive nats (lower is better)"
+                if any("bound_" in c or "ELBO" in c for c in table.columns) else "")]
     if "selected on" in table.columns and table["selected on"].notna().any():
         parts.append("hyperparameters selected per estimator on "
                      f"{table['selected on'].dropna().iloc[0]}, never on test; `selected setting` "
@@ -278,6 +310,11 @@ def caption(table: pd.DataFrame) -> str:
         parts.append(f"`vs best` on {main}: paired t-tests over common seeds against the estimator "
                      "with the best mean, Holm-corrected; ≈: not distinguishable at 0.05; blank: "
                      "fewer than 2 common seeds")
+        n_min = int(table.loc[table["vs best"].notna(), "n"].min()) if table["vs best"].notna().any() else 0
+        if 2 <= n_min < 5:
+            parts.append(f"**with {n_min} seeds a paired t-test has {n_min - 1} degree"
+                         f"{'s' if n_min > 2 else ''} of freedom**: a small p says the seeds agree, "
+                         "not that the order would hold for other seeds; claims need 5 or more")
     return "; ".join(parts) + "."
 
 

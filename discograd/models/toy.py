@@ -80,6 +80,13 @@ class Toy(LatentModel):
         """The exact training objective mean_b E[f_b] for a minibatch (diagnostics reference)."""
         return self.exact_loss()
 
+    @property
+    def optimum(self) -> float:
+        """The smallest E[f] any distribution reaches: all its mass on the value nearest t
+        (t^p for Bernoulli latents and t < 1/2), approached as the logits diverge."""
+        values = [0.0, 1.0] if self.kind == "bernoulli" else [float(v) for v in self.values]
+        return min(self._cost(v) for v in values)
+
     def exact_grad(self) -> Tensor:
         """Closed-form dE/dphi (Bernoulli) or autograd of the closed-form E (categorical)."""
         if self.kind == "bernoulli":
