@@ -251,3 +251,49 @@ def test_stale_temp_files_of_a_killed_writer_are_removed_on_the_next_start(tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     assert not any(p.exists() for p in stale)
     assert "removed 2 temp file(s) a killed writer left" in (run / "run.log").read_text()
+
+
+@pytest.mark.parametrize("log_every", [100, 1])
+def test_the_divergence_step_is_the_first_bad_step(log_every, tmp_path):
+    """lr = 1e300 overflows the toy's logit at step 1, but its loss stays finite (the sigmoid
+    saturates): the old check reported the next log step (100). Now the steps since the last
+    good state are replayed with a check after each, so step 1 is reported whatever log_every."""
+    from discograd.errors import EXIT_DIVERGED
+    run = tmp_path / "run"
+    r = run_py("model=toy", "estimator=reinforce", "train.lr=1e300", "diagnostics.every=0",
+               f"train.log_every={log_every}", "report.run=false", f"hydra.run.dir={run}",
+               cwd=tmp_path, env={**ENV, "DISCOGRAD_SHRINK": ""})
+    assert r.returncode == EXIT_DIVERGED, r.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["error"]["step"] == 1, summary["error"]
+    assert "non-finite parameter (after this step's update) at step 1" in summary["error"]["message"]
+
+
+def test_replay_finds_the_same_step_as_a_check_after_every_step():
+    """In process, on the toy: a parameter set to NaN by hand after step 37 (as a bad update
+    would) is found at step 37 by a check at step 50 that replays from its last good state,
+    the same step a check after every step finds."""
+    import tempfile
+
+    import torch
+    from discograd.experiment.config import compose_config
+    from discograd.experiment.train import Diverged, Trainer
+    cfg = compose_config(["model=toy", "diagnostics.every=0", "report.run=false"])
+    with tempfile.TemporaryDirectory() as d:
+        t = Trainer(cfg, Path(d))
+        adam_step = t.opt.step
+
+        def poisoned_step(*a, **k):      # the update of step 37, on any pass, writes a NaN
+            out = adam_step(*a, **k)
+            if t.step + 1 == 37:
+                with torch.no_grad():
+                    t.model.phi.fill_(float("nan"))
+            return out
+        t.opt.step = poisoned_step
+        t._remember()
+        for _ in range(50):
+            t.account(*t.train_step(t.next_batch()))
+        with pytest.raises(Diverged) as e:
+            t.check_finite()
+        assert e.value.step == 37 and "parameter" in str(e.value)
+        t.close()

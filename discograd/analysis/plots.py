@@ -35,7 +35,9 @@ from discograd.estimators import REGISTRY  # noqa: E402
 ORDER = list(REGISTRY)          # registration order (estimators/__init__.py): one style each
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision
 # deficiency; black first, yellow last (weak on white, and it always comes with a marker)
-OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7",
+# ordered so that the first few, the labels of a small figure, contrast most: black, orange,
+# blue, vermillion, bluish green, reddish purple, sky blue, yellow
+OKABE_ITO = ["#000000", "#E69F00", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9",
              "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<"]
 LINESTYLES = ["-", "--", ":", "-."]
@@ -311,8 +313,10 @@ def _gradient_row(axes, g: pd.DataFrame, labels, styles, group: str) -> None:
         _bias2_points(axes[1], b2, "step", st, label=lab)
         cs = cosine_summary(d, ["step"])
         iv = cs.dropna(subset=["lo", "hi"])
-        if not iv.empty and not trivial_cos:
+        if not iv.empty and not trivial_cos:      # capped, so that a narrow interval shows too
             axes[3].vlines(iv["step"], iv["lo"], iv["hi"], color=st[0], lw=2.2, alpha=0.35)
+            axes[3].scatter(np.r_[iv["step"], iv["step"]], np.r_[iv["lo"], iv["hi"]], marker="_",
+                            color=st[0], s=30, lw=1.2, alpha=0.8)
         pts = cs.dropna(subset=["point"])
         if not pts.empty and not trivial_cos:
             resolved_cos = True

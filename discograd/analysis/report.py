@@ -36,6 +36,8 @@ def _cosine_cell(point: float, lo: float, hi: float, raw: float) -> str:
     if math.isfinite(point):
         return f"{point:.3f} ({lo:.3f} to {hi:.3f}){rawtxt}"
     if math.isfinite(lo) and math.isfinite(hi):
+        if hi - lo <= 0.4:        # narrow, but the estimate itself fell outside [-1, 1]
+            return f"in {lo:.3f} to {hi:.3f}{rawtxt}"
         return f"unresolved ({lo:.2f} to {hi:.2f}){rawtxt}"
     return f"unresolved{rawtxt}"
 
@@ -65,8 +67,9 @@ def gradient_table(g: pd.DataFrame, group: str = "encoder") -> list[str]:
             "times f-evaluations per example: the cost at equal evaluations; lower is better). "
             "bias²: ± one (jackknife) standard error, or `< u` below the noise floor (< 2 SE; u = "
             "upper limit; a biased estimator's MSE then counts no bias and is a lower limit, `≥`). snr is "
-            "noise-corrected; cosine: resolved value (±2 SE interval), or `unresolved` with only "
-            "its interval when that is wider than ±0.2 or ||E g||² is below its noise floor.", "",
+            "noise-corrected; cosine: resolved value (±2 SE interval); `in a to b`: only the "
+            "interval (the estimate itself, a ratio of noisy terms, fell outside [-1, 1]); "
+            "`unresolved`: the interval is wider than ±0.2 or ||E g||² is below its noise floor.", "",
             "| estimator | unbiased | state (aux) | variance | bias² | MSE | MSE × evals | evals | "
             "snr [raw] | cosine (±2 SE) |",
             "|---|---|---|---|---|---|---|---|---|---|"]

@@ -314,6 +314,8 @@ class ReplicaGroup:
                 "together. Finish them as separate runs (python run.py seed=S "
                 f"hydra.run.dir={self.out}/seed=S train.replicas=1), or start a new group folder")
         self._stack(active)
+        for m in active:              # a member's divergence is reported at the check's step
+            m.replayable = False
         steps = [m.prepare_loop() for m in active][0]
         live = set(range(len(active)))
         runs: dict[int, object] = {}

@@ -8,6 +8,7 @@ and checkpoint steps.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import json
 import logging
@@ -472,12 +473,67 @@ class Trainer:
         self._losses.clear()
 
     def check_finite(self) -> None:
-        """At log steps and before checkpoints: raise Diverged at the first step whose training
-        loss was NaN or inf; otherwise, if a parameter is non-finite, it was the gradient of the
-        step just taken (the loss after any earlier bad update would have been non-finite)."""
-        self._check_losses()
-        if not bool(finite(list(self.model.parameters()))):
-            raise Diverged(self.step, "gradient")
+        """At log steps and before checkpoints (no per-step host sync): a non-finite training
+        loss since the last check, or a non-finite parameter now, is a divergence. Its step is
+        then located exactly (:meth:`_locate`): a bad update need not make the next loss
+        non-finite (the toy's loss stays finite with its logits at inf), so neither the first
+        bad loss nor this step is necessarily the first bad step. A state that passes is kept
+        in memory as the start of the next replay."""
+        try:
+            self._check_losses()
+            if not bool(finite(list(self.model.parameters()))):
+                raise Diverged(self.step, "parameter")
+        except Diverged as e:
+            raise self._locate(e) from None
+        self._remember()
+
+    def _remember(self) -> None:
+        """Keep this step's training state (known finite) in memory: the model, the estimator,
+        Adam, the batch order and every generator the steps draw from. Not for the members of
+        a replica group (``replayable`` false): their steps are taken together, not one by one."""
+        if not getattr(self, "replayable", True):
+            return
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        self._good = (self.step, copy.deepcopy(
+            {"model": self.model.state_dict(), "estimator": self.estimator.state_dict(),
+             "optimizer": self.opt.state_dict(), "batches": self.batches.state_dict(),
+             "data_rng": self.data_gen.get_state(), "noise_rng": self.noise_gen.get_state(),
+             "rng": rng}))
+
+    def _locate(self, found: Diverged) -> Diverged:
+        """The first bad step: replay the steps from the last good state (:meth:`_remember`) to
+        this one, checking the loss and the parameters after every step. A step is bit-identical
+        on replay (same batches, noise, estimator state), so the first step whose loss or update
+        is non-finite is found; if none is (a nondeterministic kernel), the check's own step is
+        reported with the range it lies in."""
+        good = getattr(self, "_good", None)
+        if good is None or good[0] >= self.step:
+            return found
+        start, s = good
+        end = self.step
+        self.model.load_state_dict(s["model"])
+        self.estimator.load_state_dict(s["estimator"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.batches.load_state_dict(s["batches"])
+        self.data_gen.set_state(s["data_rng"])
+        self.noise_gen.set_state(s["noise_rng"])
+        torch.set_rng_state(s["rng"]["cpu"])
+        if "cuda" in s["rng"]:
+            torch.cuda.set_rng_state(s["rng"]["cuda"], self.device)
+        self.step = start
+        params = list(self.model.parameters())
+        while self.step < end:
+            loss, _ = self.train_step(self.next_batch())
+            self.step += 1
+            if loss is not None and not bool(torch.isfinite(loss)):
+                return Diverged(self.step, "training loss")
+            if not bool(finite(params)):
+                return Diverged(self.step, "parameter (after this step's update)")
+        self.step = end
+        return Diverged(found.step, f"{found.quantity} (first bad step not reproduced on replay "
+                                    f"from step {start}: between {start + 1} and {found.step})")
 
     @torch.no_grad()
     def hard_loss(self, x: torch.Tensor) -> float:
@@ -719,6 +775,7 @@ class Trainer:
         with self._logs() as logs, self._guard() as run:
             if not resumed and self.step == 0:
                 self.start_phase(logs)
+            self._remember()                 # the start of the first replay (check_finite)
             while self.step < steps:
                 x = self.next_batch()
                 self.account(*self.train_step(x))
