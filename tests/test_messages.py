@@ -297,3 +297,36 @@ def test_replay_finds_the_same_step_as_a_check_after_every_step():
             t.check_finite()
         assert e.value.step == 37 and "parameter" in str(e.value)
         t.close()
+
+
+def test_a_refusal_writes_nothing_into_a_run_folder(tmp_path):
+    """A command refused for a folder that holds a run (here train.resume=never) adds nothing to
+    that run's run.log or .hydra/ (it used to append its error to the run's log); a command
+    refused because another process holds the folder adds nothing to the holder's log."""
+    import time
+    run = tmp_path / "run"
+    args = ["model=toy", "train.steps=20", "diagnostics.every=0", "report.run=false", f"hydra.run.dir={run}"]
+    assert run_py(*args, cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in [run / "run.log", *(run / ".hydra").iterdir()]}
+    r = run_py(*args, "train.resume=never", cwd=tmp_path)
+    assert r.returncode == EXIT_INVALID and "train.resume=never" in r.stderr
+    after = {p.name: p.read_bytes() for p in [run / "run.log", *(run / ".hydra").iterdir()]}
+    assert after == before
+    # a holder running: the refused process leaves its log alone
+    held = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "model=toy", "train.steps=100000000",
+                               "diagnostics.every=0", "report.run=false", "train.log_every=1000000",
+                               f"hydra.run.dir={held}"], cwd=tmp_path, env={**ENV, "DISCOGRAD_SHRINK": ""},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (held / ".lock.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        r = run_py("model=toy", "train.steps=100000000", "diagnostics.every=0", "report.run=false",
+                   "train.log_every=1000000", f"hydra.run.dir={held}", cwd=tmp_path,
+                   env={**ENV, "DISCOGRAD_SHRINK": ""})
+        assert r.returncode == 75 and "run folder in use" in r.stderr
+        assert "in use" not in (held / "run.log").read_text()
+    finally:
+        holder.terminate()
+        holder.wait(timeout=60)

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -168,14 +169,22 @@ def test_a_second_process_is_refused_or_waits_while_the_first_trains(tmp_path):
         assert f"in use by pid {holder.pid} on host {socket.gethostname()}" in r.stderr
         assert "Traceback" not in r.stderr and "train.wait=true" in r.stderr
         waiter = start(*LONG, "train.wait=true", f"hydra.run.dir={out}")
+        seen: list[str] = []          # the waiter's console, read as it comes
+        reader = threading.Thread(target=lambda: seen.extend(iter(waiter.stdout.readline, "")),
+                                  daemon=True)
+        reader.start()
         t0 = time.time()
-        while "waiting for it to end" not in (out / "run.log").read_text():
+        while not any("waiting for it to end" in ln for ln in seen):
             assert waiter.poll() is None and time.time() - t0 < 120
             time.sleep(0.05)
+        # the holder's run.log is the holder's: nothing of the waiter's while it waits
+        assert "waiting for it to end" not in (out / "run.log").read_text()
     finally:
         holder.send_signal(signal.SIGCONT)
     assert holder.wait(timeout=300) == 0
-    w_out, w_err = waiter.communicate(timeout=300)
+    waiter.wait(timeout=300)
+    reader.join(timeout=60)                  # it read the console to its end
+    w_out, w_err = "".join(seen), waiter.stderr.read()
     assert waiter.returncode == 0, w_err[-2000:]
     assert f"in use by pid {holder.pid}" in w_out and "waiting for it to end" in w_out
     assert "nothing to do" in w_out                     # it found the run completed

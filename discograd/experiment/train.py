@@ -1143,6 +1143,7 @@ def hydra_entry(cfg: DictConfig):
         # parallel jobs on one machine: one intra-op thread each, so n_jobs processes do not
         # oversubscribe the cores (the speed of a joblib sweep comes from running jobs side by side)
         torch.set_num_threads(1)
+    held = HeldFileLogs()            # run.log may be another run's until the folder is ours
     shrunk = shrink(cfg)
     if shrunk:
         log.warning("%s is set: a smoke test, not a result (%s)", SHRINK_ENV, "; ".join(shrunk))
@@ -1153,11 +1154,13 @@ def hydra_entry(cfg: DictConfig):
                    "overrides.yaml": OmegaConf.to_yaml(hc.overrides.task)}
     job = f"job {hc.job.num}: " if sweep else ""
     if int(cfg.train.replicas) > 1:
-        return replica_entry(cfg, out, sweep, hydra_files, job)
+        return replica_entry(cfg, out, sweep, hydra_files, job, held)
     try:
         trainer = Trainer(cfg, out, interactive=interactive, hydra_files=hydra_files)
     except Exception as e:
+        held.release(keep=not isinstance(e, ConfigError))     # a refusal leaves run.log alone
         return _stopped(e, sweep, out, job)    # refused, or e.g. the data could not be read
+    held.release(keep=True)
     try:
         summary = trainer.fit()
     except Exception as e:
@@ -1174,22 +1177,77 @@ def hydra_entry(cfg: DictConfig):
     return summary["final"].get(f"test/{trainer.model.main_metric}")
 
 
+class HeldFileLogs:
+    """Hold back the records meant for the run's log files (Hydra's run.log) until the run owns
+    its folder: a process refused there (the folder is in use, or holds another run) must not
+    write into that run's log. ``release(keep)`` writes the held records (keep) or drops them."""
+
+    def __init__(self):
+        import logging.handlers
+        self.pairs = []
+        for lg in {id(x): x for x in (logging.getLogger(), log)}.values():
+            for h in list(lg.handlers):
+                if isinstance(h, logging.FileHandler):
+                    mh = logging.handlers.MemoryHandler(1 << 30, flushLevel=logging.CRITICAL + 1)
+                    mh.setLevel(h.level)
+                    mh.setFormatter(h.formatter)
+                    lg.removeHandler(h)
+                    lg.addHandler(mh)
+                    self.pairs.append((lg, h, mh))
+
+    def release(self, keep: bool) -> None:
+        for lg, h, mh in self.pairs:
+            lg.removeHandler(mh)
+            lg.addHandler(h)
+            if keep:
+                mh.setTarget(h)
+                mh.flush()
+            mh.close()
+        self.pairs = []
+
+
 def _refused(e: ConfigError, sweep: bool, out: Path, job: str = ""):
-    """A refused configuration, said once on stderr (and in run.log when the folder is this
-    run's): exit code 2 (75: the run folder is in use). In a sweep the job returns instead, and
-    a fresh folder records the refusal in summary.json (status ``refused``) for the report."""
+    """A refused configuration, said once on stderr: exit code 2 (75: the run folder is in use).
+    A refusal writes nothing into a folder that holds a run (its run.log is that run's), and a
+    single run leaves no folder made for it alone (:func:`_remove_fresh`). In a sweep the job
+    returns instead, and its fresh folder records the refusal in summary.json (status
+    ``refused``) and run.log, for the sweep's report."""
     what, code = ("run folder in use", EXIT_BUSY) if isinstance(e, FolderInUse) else \
         ("invalid configuration", EXIT_INVALID)
-    ours = not isinstance(e, FolderInUse)
-    if ours:
-        log_to_files(logging.ERROR, "%s: %s", what, e)
     print(f"discograd: {job}{what}: {e}", file=sys.stderr, flush=True)
+    fresh = not isinstance(e, FolderInUse) and not any(
+        (out / n).exists() for n in (CHECKPOINT, PREVIOUS, "summary.json", "metrics.csv"))
     if not sweep:
+        if fresh:
+            _remove_fresh(out)
         sys.exit(code)
-    if ours and (out / ".hydra").exists() and not any(
-            (out / n).exists() for n in (CHECKPOINT, PREVIOUS, "summary.json", "metrics.csv")):
+    if fresh and (out / ".hydra").exists():
+        log_to_files(logging.ERROR, "%s: %s", what, e)
         write_json(out / "summary.json", {"status": "refused", "error": {"message": str(e)}})
     return None
+
+
+def _remove_fresh(out: Path) -> None:
+    """Remove what a refused single run made in a folder that held nothing before it: Hydra's
+    run.log, the lock files and .hydra/; then the folder itself if that left it empty (a folder
+    with anything else in it is the user's, and stays)."""
+    for h in logging.getLogger().handlers + log.handlers:       # run.log is not written again
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == out.resolve():
+            h.close()
+            for lg in (logging.getLogger(), log):
+                if h in lg.handlers:
+                    lg.removeHandler(h)
+    for name in ("run.log", ".lock", ".lock.json"):
+        with contextlib.suppress(OSError):
+            (out / name).unlink()
+    hydra = out / ".hydra"
+    if hydra.is_dir() and {p.name for p in hydra.iterdir()} <= {"config.yaml", "hydra.yaml",
+                                                               "overrides.yaml"}:
+        for p in hydra.iterdir():
+            p.unlink()
+        hydra.rmdir()
+    with contextlib.suppress(OSError):
+        out.rmdir()                            # only when empty
 
 
 def _stopped(e: Exception, sweep: bool, out: Path, job: str):
@@ -1274,14 +1332,18 @@ def _job_failed(e: BaseException, out: Path, job: str):
     return None
 
 
-def replica_entry(cfg: DictConfig, out: Path, sweep: bool, hydra_files: dict[str, str], job: str = ""):
+def replica_entry(cfg: DictConfig, out: Path, sweep: bool, hydra_files: dict[str, str], job: str = "",
+                  held: "HeldFileLogs | None" = None):
     """``train.replicas=N``: the N members train in one process (experiment/replicas.py), each in
     its run folder ``out/seed=<s>``; returns the mean over the members of the test main metric."""
     from .replicas import ReplicaGroup
+    held = held or HeldFileLogs()
     try:
         group = ReplicaGroup(cfg, out, hydra_files=hydra_files)
     except Exception as e:
+        held.release(keep=not isinstance(e, ConfigError))
         return _stopped(e, sweep, out, job)
+    held.release(keep=True)
     try:
         summaries = group.fit()
     except Exception as e:
