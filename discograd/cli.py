@@ -67,6 +67,14 @@ def main() -> float | None:
         result = None        # a launcher that failed (Hydra said why) never called the callback
     finish_sweep()
     incomplete = SWEEP.get("incomplete")
+    from discograd.experiment.callbacks import RUNNING_ELSEWHERE
+    if incomplete and all(status == RUNNING_ELSEWHERE for _, status, _ in incomplete):
+        from discograd.errors import EXIT_BUSY       # nothing failed: another sweep has them
+        lines = [f"  {job}: {error}" for job, _, error in incomplete]
+        print(f"discograd: {len(incomplete)} job(s) of the sweep in {SWEEP['dir']} are being run "
+              "by another process, which writes their results there:\n" + "\n".join(lines)
+              + "\nrerun this command when it has ended to report them", file=sys.stderr, flush=True)
+        sys.exit(EXIT_BUSY)
     if incomplete:
         from discograd.errors import EXIT_SWEEP_INCOMPLETE
         report = SWEEP["dir"] / "analysis" / "report.md"

@@ -330,3 +330,33 @@ def test_a_refusal_writes_nothing_into_a_run_folder(tmp_path):
     finally:
         holder.terminate()
         holder.wait(timeout=60)
+
+
+def test_a_second_sweep_into_a_busy_folder_says_which_jobs_run_elsewhere(tmp_path):
+    """Sweep A holds job 0's folder (frozen there); sweep B into the same hydra.sweep.dir runs
+    job 1, says job 0 is in use in one line (no traceback), and exits 75: nothing failed, the
+    other sweep is running it (it used to print a FolderInUse traceback per job and exit 1)."""
+    import signal
+    import time
+    from discograd.errors import EXIT_BUSY
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, str(ROOT / "run.py"), "-m", "model=toy", "seed=0,1", "train.steps=2000",
+            "diagnostics.every=0", "report.sweep=false", f"hydra.sweep.dir={sweep}"]
+    env = {**ENV, "DISCOGRAD_SHRINK": ""}
+    a = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (sweep / "0" / ".lock.json").exists():
+            assert time.time() < deadline and a.poll() is None
+            time.sleep(0.1)
+        a.send_signal(signal.SIGSTOP)
+        b = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert b.returncode == EXIT_BUSY, b.stderr[-3000:]
+        assert "Traceback" not in b.stderr
+        assert b.stderr.count("run folder in use") == 1
+        assert "1 job(s) of the sweep" in b.stderr and f"0: pid {a.pid}" in b.stderr
+        assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "completed"
+    finally:
+        a.send_signal(signal.SIGCONT)
+        a.terminate()
+        a.wait(timeout=60)

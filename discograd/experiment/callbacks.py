@@ -17,14 +17,25 @@ SWEEP: dict = {}
 def job_outcomes(sweep_dir: Path) -> list[tuple[str, str, str]]:
     """(job folder relative to the sweep, status, one-line error) of every run folder under the
     sweep: status from summary.json (``missing``: the job never wrote one; it was killed, or its
-    launcher failed), error from summary.json or else the last ERROR line of its run.log."""
+    launcher failed), error from summary.json or else the last ERROR line of its run.log; a job
+    whose folder another process is running now (a second sweep into the same folder) is
+    ``running elsewhere``, with that process."""
     from discograd.analysis.runs import error_line, find_runs, read_summary
+    from .files import in_use
     out = []
     for folder in find_runs(sweep_dir):
+        holder = in_use(folder)
+        if holder is not None:
+            out.append((str(folder.relative_to(sweep_dir)), RUNNING_ELSEWHERE,
+                        f"pid {holder.get('pid')} on host {holder.get('host')}"))
+            continue
         s = read_summary(folder)
         out.append((str(folder.relative_to(sweep_dir)), str(s.get("status", "missing")),
                     error_line(folder, s)))
     return out
+
+
+RUNNING_ELSEWHERE = "running elsewhere"
 
 
 class SweepReport(Callback):

@@ -198,6 +198,21 @@ class RunLock:
             self._lock.release(force=True)
 
 
+def in_use(folder: str | os.PathLike) -> dict | None:
+    """The record (pid, host, started, command) of another process holding ``folder``'s lock
+    now, else None (a free folder, or one this process holds)."""
+    path = Path(folder) / LOCK
+    if not path.exists():
+        return None
+    probe = filelock.FileLock(str(path))
+    try:
+        probe.acquire(timeout=0)
+    except filelock.Timeout:
+        return RunLock(folder).holder(patience=0.5) or {"pid": "?", "host": "?"}
+    probe.release(force=True)
+    return None
+
+
 def _gone(info: dict) -> bool:
     """The process recorded in ``info`` no longer runs (only knowable on this host)."""
     if info["host"] != socket.gethostname():
