@@ -94,7 +94,9 @@ def _band(ax, d, x, style, lab, logy=False):
 
 
 def text_panel(ax, message: str) -> None:
-    """A panel with nothing to plot: one line of text instead of empty axes."""
+    """A panel with nothing to plot: one line of text instead of empty axes (whatever was drawn
+    on them is cleared)."""
+    ax.clear()
     ax.set_axis_off()
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=7,
             transform=ax.transAxes)
@@ -299,9 +301,11 @@ def _gradient_row(axes, g: pd.DataFrame, labels, styles, group: str) -> None:
     # one coordinate (the 1-latent toy): every resolved cosine is exactly +-1 with SE 0
     fin = g[g["cosine"].notna()] if "cosine_se" in g else g.iloc[:0]
     trivial_cos = len(fin) > 0 and fin["cosine"].abs().eq(1.0).all() and fin["cosine_se"].eq(0).all()
-    for lab in labels:
+    span = float(g["step"].max() - g["step"].min()) or 1.0
+    for k, lab in enumerate(labels):
         d = g[g["estimator"] == lab]
         st = styles[lab]
+        dodge = (k - (len(labels) - 1) / 2) * 0.012 * span     # side by side: intervals overlap
         for ax, col in ((axes[0], "variance"), (axes[2], "snr")):
             dd = d.rename(columns={col: "value"}).assign(label=lab)
             dd = dd[np.isfinite(dd["value"]) & (dd["value"] > 0)]
@@ -314,14 +318,15 @@ def _gradient_row(axes, g: pd.DataFrame, labels, styles, group: str) -> None:
         cs = cosine_summary(d, ["step"])
         iv = cs.dropna(subset=["lo", "hi"])
         if not iv.empty and not trivial_cos:      # capped, so that a narrow interval shows too
-            axes[3].vlines(iv["step"], iv["lo"], iv["hi"], color=st[0], lw=2.2, alpha=0.35)
-            axes[3].scatter(np.r_[iv["step"], iv["step"]], np.r_[iv["lo"], iv["hi"]], marker="_",
+            x = iv["step"] + dodge
+            axes[3].vlines(x, iv["lo"], iv["hi"], color=st[0], lw=2.0, alpha=0.45)
+            axes[3].scatter(np.r_[x, x], np.r_[iv["lo"], iv["hi"]], marker="_",
                             color=st[0], s=30, lw=1.2, alpha=0.8)
         pts = cs.dropna(subset=["point"])
         if not pts.empty and not trivial_cos:
             resolved_cos = True
-            axes[3].plot(pts["step"], pts["point"], color=st[0], marker=st[1], ls=st[2], lw=1,
-                         ms=3.2, label=lab)
+            axes[3].plot(pts["step"] + dodge, pts["point"], color=st[0], marker=st[1], ls=st[2],
+                         lw=1, ms=3.2, label=lab)
     titles = ["variance per coordinate", "bias² per coordinate", "SNR (no unit)",
               "cosine to reference (no unit)"]
     for ax, ylabel in zip(axes, titles):
@@ -348,7 +353,10 @@ def _gradient_row(axes, g: pd.DataFrame, labels, styles, group: str) -> None:
         text_panel(axes[3], f"{group} cosine: ||E g||² below its noise floor at every probe:\n"
                             "no direction measured")
     else:
-        axes[3].set_ylim(max(-1.05, axes[3].get_ylim()[0]), 1.05)
+        lo = g["cosine_lo"].min() if "cosine_lo" in g else g["cosine"].min()
+        lo = lo if math.isfinite(lo) else -1.0
+        pad = max(0.002, 0.05 * (1.0 - lo))
+        axes[3].set_ylim(max(-1.05, lo - pad), 1.0 + pad)
         axes[3].set_title("points: resolved (±2 SE ≤ 0.2); bars: ±2 SE", fontsize=7)
     axes[2].set_title("noise-corrected", fontsize=7)
 
@@ -370,9 +378,9 @@ def gradient_curves(grads: pd.DataFrame, out: Path, model: str, styles: dict | N
     if "aux" in grads and (grads["aux"].astype(str).str.startswith("fitted")).any():
         aux = "; comparators with parameters of their own fitted (aux column)"
     refs = sorted(set(grads["reference"].astype(str)))
-    ref = refs[0] if len(refs) == 1 else f"{len(refs)} references ({', '.join(refs[:3])}" + \
-        (", ...)" if len(refs) > 3 else ")")
-    fig.suptitle(f"model={model}, reference {ref}, batch "
+    ref = f"reference {refs[0]}" if len(refs) == 1 else \
+        f"references {', '.join(refs[:3])}{', ...' if len(refs) > 3 else ''} (picked per probe)"
+    fig.suptitle(f"model={model}, {ref}, batch "
                  f"{grads['batch_size'].iloc[0] if 'batch_size' in grads else '?'}{aux}", fontsize=8)
     _legend(fig, axes.flatten(), len(labels))
     return _save(fig, out, f"gradients_{model}", math.ceil(len(labels) / 4))

@@ -120,15 +120,19 @@ class Section:
         if "published" in t and t["published"].notna().sum() >= 2:
             pub = t.dropna(subset=["published"])
             ours = list(pub.sort_values(m, ascending=not self.higher).estimator)
-            theirs = list(pub.sort_values("published", ascending=not self.higher).estimator)
+            theirs = list(pub.sort_values("published", ascending=not self.higher, kind="stable").estimator)
+            pv = dict(zip(pub.estimator, pub["published"]))
             pairs = [(a, b) for i, a in enumerate(ours) for b in ours[i + 1:]]
-            flipped = [(a, b) for a, b in pairs if theirs.index(a) > theirs.index(b)]
+            # a pair is in the other order only when the published numbers differ (ties are not)
+            flipped = [(a, b) for a, b in pairs
+                       if (pv[a] < pv[b] if self.higher else pv[a] > pv[b])]
             if not flipped:
                 out.append(f"Ours orders the estimators as the published numbers do, best first: "
                            f"{', '.join(ours)}.")
             else:
                 out.append(f"Best first, ours orders the estimators {', '.join(ours)}; the published "
-                           f"numbers {', '.join(theirs)} ({len(flipped)} of {len(pairs)} pairs in the other "
+                           f"numbers {', '.join(theirs)}, ties kept in our order ({len(flipped)} of "
+                           f"{len(pairs)} pairs in the other "
                            f"order: {_join([f'{a}/{b}' for a, b in flipped])}).")
             gap = pub[m] - pub["published"]
             if (gap > 0).all() and not self.higher:
