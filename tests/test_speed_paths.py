@@ -119,8 +119,9 @@ def test_compile_is_refused_where_it_cannot_work(tmp_path):
 
 def test_non_finite_loss_is_reported_at_its_step(tmp_path):
     """The losses are checked at log steps, not per step; the step reported is still the first bad
-    one, and a non-finite parameter without a bad loss is reported as the gradient of the last
-    step."""
+    one, and a non-finite parameter without a bad loss is reported at the check's step when there
+    is no earlier good state to replay from (with one, tests/test_messages.py: the first bad
+    step)."""
     from discograd.experiment.train import Diverged
     t = _trainer(tmp_path, "model=toy", "estimator=reinforce")
     for s in range(1, 8):
@@ -134,7 +135,7 @@ def test_non_finite_loss_is_reported_at_its_step(tmp_path):
         t.model.phi.fill_(math.inf)
     with pytest.raises(Diverged) as e:
         t.check_finite()
-    assert (e.value.step, e.value.quantity) == (7, "gradient")
+    assert (e.value.step, e.value.quantity) == (7, "parameter")
 
 
 def test_training_path_imports_no_dynamo_pandas_or_matplotlib(tmp_path):
