@@ -333,14 +333,15 @@ def test_a_refusal_writes_nothing_into_a_run_folder(tmp_path):
 
 
 def test_a_second_sweep_into_a_busy_folder_says_which_jobs_run_elsewhere(tmp_path):
-    """Sweep A holds job 0's folder (frozen there); sweep B into the same hydra.sweep.dir runs
+    """Sweep A holds job 0's folder (frozen there; 20000 steps, so that it cannot finish job 0
+    before it is frozen, even on a loaded machine); sweep B into the same hydra.sweep.dir runs
     job 1, says job 0 is in use in one line (no traceback), and exits 75: nothing failed, the
     other sweep is running it (it used to print a FolderInUse traceback per job and exit 1)."""
     import signal
     import time
     from discograd.errors import EXIT_BUSY
     sweep = tmp_path / "sweep"
-    args = [sys.executable, str(ROOT / "run.py"), "-m", "model=toy", "seed=0,1", "train.steps=2000",
+    args = [sys.executable, str(ROOT / "run.py"), "-m", "model=toy", "seed=0,1", "train.steps=20000",
             "diagnostics.every=0", "report.sweep=false", f"hydra.sweep.dir={sweep}"]
     env = {**ENV, "DISCOGRAD_SHRINK": ""}
     a = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -142,13 +142,6 @@ def _save(fig, out: Path, stem: str, legend_rows: int) -> list[Path]:
     return paths
 
 
-def _log_axis(ax, which: str = "y") -> None:
-    """Log scale with labelled decades only (minor tick labels crowd a narrow range)."""
-    getattr(ax, f"set_{which}scale")("log")
-    axis = ax.yaxis if which == "y" else ax.xaxis
-    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-
-
 def loss_quantity(label: str) -> str:
     """What an estimator's logged train/loss measures (Estimator.loss_quantity)."""
     cls = REGISTRY.get(label.split(" ")[0])
@@ -334,9 +327,9 @@ def _gradient_row(axes, g: pd.DataFrame, labels, styles, group: str) -> None:
         ax.set_ylabel(f"{group}: {ylabel}")
         ax.grid(alpha=0.3)
     for ax in (axes[0], axes[2]):
-        _log_axis(ax)
+        ax.set_yscale("log")
     if resolved_b2:
-        _log_axis(axes[1])
+        axes[1].set_yscale("log")
         axes[1].set_title("bars ±1 SE; ▽ = below noise floor (upper limit)", fontsize=7)
     else:
         ups = bias2_summary(g, ["estimator"])["upper"]
@@ -430,15 +423,15 @@ def bias_variance_scatter(grads: pd.DataFrame, out: Path, model: str, group: str
                 mfc="white" if open_bias else st[0], label=r.estimator)
         if open_bias and r.mse_hi > r.mse:
             bx.vlines(r.evals, r.mse, r.mse_hi, color=st[0], lw=0.8)
-    _log_axis(ax, "x")
-    _log_axis(ax, "y")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("variance per coordinate")
     ax.set_ylabel("bias² per coordinate (±1 SE; ▽ upper limit)")
     ax.set_title(f"{group}, step {int(g.step.max())}")
     ax.margins(x=0.15, y=0.2)
     ax.grid(alpha=0.3)
-    _log_axis(bx, "x")
-    _log_axis(bx, "y")
+    bx.set_xscale("log")
+    bx.set_yscale("log")
     xs = np.array([agg["evals"].min() / 1.6, agg["evals"].max() * 1.6])
     bx.set_xlim(*xs)
     top = max(agg["mse_hi"].max(), agg["mse"].max())
@@ -480,7 +473,7 @@ def temperature(runs: pd.DataFrame, out: Path, model: str, metric: str,
     for lab in labels:
         _band(ax, mean_se(d[d.label == lab], col), col, styles[lab], lab)
         ax.scatter(d[d.label == lab][col], d[d.label == lab]["value"], s=6, color=styles[lab][0])
-    _log_axis(ax, "x")
+    ax.set_xscale("log")
     ax.set_xlabel(f"{col.replace('estimator.', '')} (no unit)")
     ax.set_ylabel(f"{name} ({unit(model)})")
     ax.legend(frameon=False)

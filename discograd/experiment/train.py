@@ -168,7 +168,7 @@ class Stopwatch:
     evaluation, diagnostics; what checkpoints keep). ``training()``: seconds of training alone over
     all sessions (steps and their logging; not evaluations, probes, checkpoints or start-up:
     every ``paused()`` and ``timed()`` span is excluded), the x axis of the wall-time curves
-    (``train/train_time`` in metrics.csv). ``rate(step)``: steps per second of training alone
+    (``train/training_s`` in metrics.csv). ``rate(step)``: steps per second of training alone
     since the last call. ``timed(phase)``: also adds the time to ``seconds[phase]`` (this
     session's eval and diagnostics seconds, in summary.json)."""
 
@@ -493,14 +493,8 @@ class Trainer:
         a replica group (``replayable`` false): their steps are taken together, not one by one."""
         if not getattr(self, "replayable", True):
             return
-        rng = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        self._good = (self.step, copy.deepcopy(
-            {"model": self.model.state_dict(), "estimator": self.estimator.state_dict(),
-             "optimizer": self.opt.state_dict(), "batches": self.batches.state_dict(),
-             "data_rng": self.data_gen.get_state(), "noise_rng": self.noise_gen.get_state(),
-             "rng": rng}))
+        # model and estimator come copied (owned); Adam's state and the batch order are live
+        self._good = (self.step, copy.deepcopy(self.training_state()))
 
     def _locate(self, found: Diverged) -> Diverged:
         """The first bad step: replay the steps from the last good state (:meth:`_remember`) to
@@ -513,15 +507,7 @@ class Trainer:
             return found
         start, s = good
         end = self.step
-        self.model.load_state_dict(s["model"])
-        self.estimator.load_state_dict(s["estimator"])
-        self.opt.load_state_dict(s["optimizer"])
-        self.batches.load_state_dict(s["batches"])
-        self.data_gen.set_state(s["data_rng"])
-        self.noise_gen.set_state(s["noise_rng"])
-        torch.set_rng_state(s["rng"]["cpu"])
-        if "cuda" in s["rng"]:
-            torch.cuda.set_rng_state(s["rng"]["cuda"], self.device)
+        self.load_training_state(s)
         self.step = start
         params = list(self.model.parameters())
         while self.step < end:
@@ -565,15 +551,34 @@ class Trainer:
         return out
 
     # --- checkpoints ---------------------------------------------------------------------------
-    def state(self) -> dict:
+    def training_state(self) -> dict:
+        """What the next steps depend on: the model, the estimator, Adam, the batch order and
+        every generator the steps draw from (in checkpoints, and the divergence replay's start)."""
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"step": self.step, "elapsed": self.elapsed, "training_time": self.clock.training() if getattr(self, "clock", None) else self.training_time,
-                "model": owned(self.model.state_dict()),
-                "estimator": owned(self.estimator.state_dict()), "optimizer": self.opt.state_dict(),
-                "batches": self.batches.state_dict(), "rng": rng, "skipped": self.skipped,
-                "data_rng": self.data_gen.get_state(), "noise_rng": self.noise_gen.get_state(),
+        return {"model": owned(self.model.state_dict()), "estimator": owned(self.estimator.state_dict()),
+                "optimizer": self.opt.state_dict(), "batches": self.batches.state_dict(), "rng": rng,
+                "data_rng": self.data_gen.get_state(), "noise_rng": self.noise_gen.get_state()}
+
+    def load_training_state(self, s: dict) -> None:
+        """The inverse of :meth:`training_state` (on this run's device)."""
+        self.model.load_state_dict(s["model"])
+        self.estimator.load_state_dict(s["estimator"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.batches.load_state_dict(s["batches"])
+        if "data_rng" in s:
+            self.data_gen.set_state(s["data_rng"].cpu())
+        if "noise_rng" in s:
+            self.noise_gen.set_state(s["noise_rng"].cpu())
+        torch.set_rng_state(s["rng"]["cpu"].cpu())
+        if "cuda" in s["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(s["rng"]["cuda"].cpu(), self.device)
+
+    def state(self) -> dict:
+        training = self.clock.training() if getattr(self, "clock", None) else self.training_time
+        return {"step": self.step, "elapsed": self.elapsed, "training_time": training,
+                **self.training_state(), "skipped": self.skipped,
                 "best": dict(self.best),
                 "log_accumulator": {"sum": self._loss_sum, "n": self._n_sum},
                 "probe": self.probe.state_dict() if self.probe is not None else {},
@@ -705,18 +710,8 @@ class Trainer:
         if s.get("device", str(self.device)) != str(self.device):
             log.warning("resuming on %s a run checkpointed on %s: the steps from here on are not "
                         "bit-identical to an uninterrupted run", self.device, s["device"])
-        self.model.load_state_dict(s["model"])
-        self.estimator.load_state_dict(s["estimator"])
-        self.opt.load_state_dict(s["optimizer"])
-        self.batches.load_state_dict(s["batches"])
-        if "data_rng" in s:
-            self.data_gen.set_state(s["data_rng"].cpu())
-        if "noise_rng" in s:
-            self.noise_gen.set_state(s["noise_rng"].cpu())
+        self.load_training_state(s)
         self.best = dict(s.get("best", self.best))
-        torch.set_rng_state(s["rng"]["cpu"].cpu())
-        if "cuda" in s["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(s["rng"]["cuda"].cpu(), self.device)
         self.step, self.elapsed = int(s["step"]), float(s["elapsed"])
         self.training_time = float(s.get("training_time", s["elapsed"]))
         self.skipped = int(s.get("skipped", 0))
