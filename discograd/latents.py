@@ -72,6 +72,18 @@ def step_log_prob(logits_t: Tensor, z_t: Tensor, kind: str) -> Tensor:
     return terms.flatten(2).sum(-1)
 
 
+def relaxed_sample(logits: Tensor, kind: str, u: Tensor, tau: float | Tensor,
+                   hard: bool = True) -> tuple[Tensor, Tensor | None]:
+    """(relaxed y, hard H(y)) from uniforms u; both [S, *logits.shape]. The hard sample is exact
+    (None when ``hard=False``)."""
+    if kind == "bernoulli":
+        a = logits + logistic_noise(u)
+        return torch.sigmoid(a / tau), (a.detach() > 0).to(logits.dtype) if hard else None
+    a = logits + gumbel_noise(u)
+    y = torch.softmax(a / tau, -1)
+    return y, one_hot(a.detach().argmax(-1), logits.shape[-1], logits.dtype) if hard else None
+
+
 def probs(logits: Tensor, kind: str) -> Tensor:
     return torch.sigmoid(logits) if kind == "bernoulli" else torch.softmax(logits, -1)
 

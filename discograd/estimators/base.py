@@ -22,37 +22,20 @@ import functools
 import inspect
 import math
 import typing
-from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from dataclasses import field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from discograd.errors import ConfigError
+from . import layered
+from .estimate import Estimate, Objective
 # the latent-variable helpers live in discograd.latents (models use them too); estimators import
 # them from here as well
 from discograd.latents import (KINDS, MAX_CONFIGS, all_configs, entropy, gumbel_noise,  # noqa: F401
                                hard_sample, log_prob, logistic_noise, n_configs, one_hot, probs,
                                step_log_prob, uniform)
-
-Objective = Callable[[Tensor], Tensor]
-
-
-@dataclass
-class Estimate:
-    """What an estimator returns for one minibatch.
-
-    surrogate: scalar; ``surrogate.backward()`` leaves the estimator's gradient in ``.grad``
-        (plus the gradient of the estimator's own auxiliary objective, e.g. baseline regression,
-        on the estimator's own parameters only).
-    loss: ``[B]``, detached: the objective values the estimator saw, averaged over its samples.
-    stats: extra detached scalars (on the device, never synchronised here), e.g. ``baseline_loss``.
-    """
-
-    surrogate: Tensor
-    loss: Tensor
-    stats: dict[str, Tensor] = field(default_factory=dict)
-
 
 # --------------------------------------------------------------------------------------------
 # Estimator base class and registry.
@@ -196,17 +179,14 @@ class Estimator(nn.Module):
     # --- latents in layers (models/layered.py drives these; estimators/layered.py has the how) ---
     def layered_mode(self) -> str:
         """``rollout`` or ``local``: how this estimator runs on latents in layers."""
-        from . import layered
         return layered.mode(self)
 
     def layered_noise_shape(self, depth: int, batch_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Uniforms of one estimate on ``depth`` layers of ``batch_shape`` = (B, *shape) each."""
-        from . import layered
         return layered.noise_shape(self, depth, batch_shape)
 
     def layered_estimate(self, layers, u: Tensor) -> Estimate:
         """The estimate on a :class:`discograd.latents.Layers` view (estimators/layered.py)."""
-        from . import layered
         return layered.layered_estimate(self, layers, u)
 
     @property

@@ -55,19 +55,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from discograd.latents import Layers, hard_sample, probs
-from .base import Estimate, Estimator
-from .relaxed import relaxed_sample
+from discograd.latents import Layers, hard_sample, probs, relaxed_sample
+from .estimate import Estimate
 
 MODES = ("rollout", "local")
 
 
-def mode(estimator: Estimator) -> str:
+def mode(estimator) -> str:
     """``rollout`` or ``local`` (module docstring)."""
     return "rollout" if estimator.sequential_support(parallel_rollouts=True) is None else "local"
 
 
-def noise_shape(estimator: Estimator, depth: int, batch_shape: tuple[int, ...]) -> tuple[int, ...]:
+def noise_shape(estimator, depth: int, batch_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Uniforms of one layered estimate: ``[L, N + E, B, *shape]`` with ``batch_shape`` =
     ``(B, *shape)``: slices [0, N) of layer l are the estimator's own (``noise_shape``; slice 0 draws
     the rollout), and in local mode E = ``evals`` more are the continuation uniforms of rows
@@ -111,7 +110,7 @@ class Continuation:
         return self._run(c, "smooth", tau)
 
 
-def layered_estimate(estimator: Estimator, layers: Layers, u: Tensor) -> Estimate:
+def layered_estimate(estimator, layers: Layers, u: Tensor) -> Estimate:
     """The estimate of d/dtheta E[f] for a layered model; ``u``: uniforms of :func:`noise_shape`."""
     n = estimator.noise_shape((1, *layers.shape))[0]
     if mode(estimator) == "rollout":

@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from .base import (ConfigError, Pathwise, Tempered, check_positive, gumbel_noise, is_number,
-                   logistic_noise, one_hot, register)
+# the sampler itself lives with the latents: estimators/layered.py relaxes later layers with it
+from discograd.latents import relaxed_sample
+from .base import ConfigError, Pathwise, Tempered, check_positive, is_number, register
 
 
 @dataclass
@@ -47,18 +47,6 @@ class TauSchedule:
     def __call__(self, step: int) -> float:
         anchor = (int(step) // int(self.every)) * int(self.every)
         return max(self.min, self.init * math.exp(-self.rate * anchor))
-
-
-def relaxed_sample(logits: Tensor, kind: str, u: Tensor, tau: float | Tensor,
-                   hard: bool = True) -> tuple[Tensor, Tensor | None]:
-    """(relaxed y, hard H(y)) from uniforms u; both [S, *logits.shape]. The hard sample is exact
-    (None when ``hard=False``)."""
-    if kind == "bernoulli":
-        a = logits + logistic_noise(u)
-        return torch.sigmoid(a / tau), (a.detach() > 0).to(logits.dtype) if hard else None
-    a = logits + gumbel_noise(u)
-    y = torch.softmax(a / tau, -1)
-    return y, one_hot(a.detach().argmax(-1), logits.shape[-1], logits.dtype) if hard else None
 
 
 class _Relaxed(Tempered, Pathwise):
