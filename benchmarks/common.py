@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def device_of(name: str) -> torch.device:
     """``auto`` | ``cpu`` | ``cuda``, resolved as the harness's ``device=`` key is."""
-    from discograd.experiment.train import pick_device
+    from discograd.experiment.build import pick_device
     return pick_device(name)
 
 

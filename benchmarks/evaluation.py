@@ -29,7 +29,7 @@ def plain_bound(model, x: torch.Tensor, samples: int, images_per_chunk: int = 20
 
 def run_case(device: torch.device, samples: int = 1000, images: int = 10000, repeats: int = 1,
              part: str = "both") -> dict:
-    from discograd.experiment.data import MNISTData, load_mnist
+    from discograd.data import MNISTData, load_mnist
     from discograd.models import VAE
     torch.manual_seed(0)
     data = MNISTData(load_mnist(), "dynamic", device, 0)

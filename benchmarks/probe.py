@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from discograd.estimators import REGISTRY
-from discograd.experiment.diagnostics import Probe, Reference, _Surrogate, parse_reference
+from discograd.diagnostics import Probe, Reference, parse_reference
+from discograd.step import Step
 from .common import median, peak_memory_mb, timed
 
 MODELS = ("vae", "vae_nonlinear", "toy")
@@ -20,10 +21,10 @@ def loop_of_backward_passes(model, est, x, U) -> None:
     per-coordinate sums and sums of squares."""
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in model.parameters()]
     s2 = [torch.zeros_like(p, dtype=torch.float64) for p in model.parameters()]
-    module = _Surrogate(model, est)
+    module = Step(model, est)
     for k in range(U.shape[0]):
         model.zero_grad(set_to_none=True)
-        module(x, U[k]).backward()
+        module(x, U[k])[0].backward()
         for a, b, p in zip(s1, s2, model.parameters()):
             g = p.grad.double()
             a += g
@@ -37,7 +38,7 @@ def setup(model_name: str, device: torch.device, batch: int = 50):
     if model_name == "toy":
         model = Toy(dim=4).to(device)
         return model, torch.empty(batch, 0, device=device)
-    from discograd.experiment.data import MNISTData, load_mnist
+    from discograd.data import MNISTData, load_mnist
     data = MNISTData(load_mnist(), "dynamic", device, 0)
     x = data.batch("train", torch.arange(batch, device=device),
                    generator=torch.Generator(device=device).manual_seed(0))

@@ -52,7 +52,7 @@ def plain_rates(model: str, est: str, device: torch.device, blocks: int, block: 
         loop = PlainToy(est, dim=int(cfg.model.dim), t=float(cfg.model.t),
                         batch_size=int(cfg.train.batch_size), lr=float(cfg.train.lr), device=device)
     else:
-        from discograd.experiment.data import load_mnist
+        from discograd.data import load_mnist
         images = torch.as_tensor(load_mnist()["train"][0])
         loop = PlainVAE(images, est, device=device, **MODELS[model][1])
     out = []

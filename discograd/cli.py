@@ -2,7 +2,7 @@
 (``discograd ...`` or ``python -m discograd ...`` once installed).
 
 Hydra composes the config from ``discograd/configs/`` (groups estimator/, model/, data/,
-experiment/) and creates the run folder; :func:`discograd.experiment.train.hydra_entry` does the rest.
+experiment/) and creates the run folder; :func:`discograd.experiment.entry.hydra_entry` does the rest.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ if not _HELP:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def _app(cfg: DictConfig) -> float | None:
-    from discograd.experiment.train import hydra_entry   # heavy imports after composition
+    from discograd.experiment.entry import hydra_entry   # heavy imports after composition
     return hydra_entry(cfg)
 
 
@@ -58,16 +58,18 @@ def main() -> float | None:
     # every job composed and validated before Hydra makes a folder or starts a job
     from discograd.experiment.launch import precheck
     precheck(sys.argv[1:])
-    from discograd.experiment.callbacks import SWEEP, finish_sweep
+    from discograd.analysis.callbacks import RUNNING_ELSEWHERE, SWEEP, finish_sweep
     try:
         result = _app()
     except SystemExit:
         if not SWEEP:
             raise
         result = None        # a launcher that failed (Hydra said why) never called the callback
+    from discograd.experiment.entry import OUTCOME
+    if OUTCOME.get("exit"):                     # a single run that diverged (its report written)
+        sys.exit(OUTCOME["exit"])
     finish_sweep()
     incomplete = SWEEP.get("incomplete")
-    from discograd.experiment.callbacks import RUNNING_ELSEWHERE
     if incomplete and all(status == RUNNING_ELSEWHERE for _, status, _ in incomplete):
         from discograd.errors import EXIT_BUSY       # nothing failed: another sweep has them
         lines = [f"  {job}: {error}" for job, _, error in incomplete]

@@ -24,7 +24,7 @@ not see: load that starts after the run started (the run keeps its threads).
 
 An explicit choice wins: if ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set, the count is left
 alone; ``DISCOGRAD_THREADS=off`` turns the policy off (torch's default), ``DISCOGRAD_THREADS=N``
-uses N threads. The joblib launcher's one thread per job (``experiment.train.hydra_entry``,
+uses N threads. The joblib launcher's one thread per job (``experiment.entry.hydra_entry``,
 ``torch.set_num_threads(1)`` after import) is applied after this and wins. The variables this
 function set are named, with its process id, in ``DISCOGRAD_THREADS_SET``: a child process (a
 launcher's worker) sees that they were not the user's and chooses again from the load it sees.

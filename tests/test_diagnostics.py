@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from discograd.estimators import REGISTRY, ConfigError, log_prob
-from discograd.experiment.diagnostics import (COSINE_HALF_WIDTH, GRAD_STATS_HEADER, Probe, Reference,
-                                              _Surrogate, all_configs, parse_reference,
-                                              reference_candidates, resolve_estimators)
+from discograd.diagnostics import (COSINE_HALF_WIDTH, GRAD_STATS_HEADER, Probe, Reference,
+                                   parse_reference, reference_candidates, resolve_estimators)
+from discograd.latents import all_configs
+from discograd.step import Step
 from discograd.models import VAE, Toy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_batched_probe_equals_a_loop_of_backward_passes():
         grads = []
         for k in range(5):
             vae.zero_grad()
-            _Surrogate(vae, est)(x, U[k]).backward()
+            Step(vae, est)(x, U[k])[0].backward()
             grads.append({n: q.grad.detach().clone() for n, q in vae.named_parameters()})
         for n, _ in vae.named_parameters():
             stack = torch.stack([g[n] for g in grads]).double()
@@ -325,7 +326,7 @@ def test_fitted_relax_beats_unfitted_relax_and_differs_from_rebar():
 
 def test_comparators_take_the_trained_estimators_shared_settings():
     from discograd.experiment.config import estimator_defaults
-    from discograd.experiment.diagnostics import build_comparator
+    from discograd.diagnostics import build_comparator
     from omegaconf import OmegaConf
     gumbel = OmegaConf.merge(estimator_defaults("gumbel"), {"tau": {"init": 2.0, "rate": 0.0}})
     assert build_comparator("st_gumbel", "bernoulli", (3,), gumbel).tau == 2.0

@@ -452,7 +452,7 @@ def test_probe_bias_of_rebar_and_relax_is_consistent_with_zero():
     """The diagnostics probe (eval mode, vmap(grad), noise passed in, common random numbers) on an
     enumerable VAE: bias2 of rebar (defaults) and of relax (a random control-variate net) is
     consistent with zero, both for the encoder and the decoder."""
-    from discograd.experiment.diagnostics import GRAD_STATS_HEADER, Probe, Reference
+    from discograd.diagnostics import GRAD_STATS_HEADER, Probe, Reference
     col = {c: i for i, c in enumerate(GRAD_STATS_HEADER)}
     torch.manual_seed(13)
     vae = VAE(latent="bernoulli", latent_dim=4, hidden=[], x_dim=16)
@@ -523,7 +523,7 @@ def test_no_memory_growth_across_steps():
     (["estimator=relax", "model=toy", "estimator.hidden=0"], "estimator.hidden=0"),
 ])
 def test_refusals_before_training(overrides, message, cfg_of):
-    from discograd.experiment.validate import validate
+    from discograd.experiment.build import validate
     with pytest.raises(ConfigError, match=message):
         validate(cfg_of(*overrides))
 
@@ -535,7 +535,7 @@ def test_refusals_before_training(overrides, message, cfg_of):
 ])
 def test_valid_combinations_compose_and_build(overrides, cfg_of):
     from discograd.estimators import build_estimator
-    from discograd.experiment.validate import validate
+    from discograd.experiment.build import validate
     cfg = cfg_of(*overrides)
     validate(cfg)
     kind = getattr(cfg.model.latent, "value", cfg.model.latent)
@@ -550,7 +550,7 @@ def test_vae_rejects_an_unknown_objective():
 
 
 def test_trainer_builds_the_iwae_vae(cfg_of):
-    from discograd.experiment.train import build_model
+    from discograd.experiment.build import build_model
     model = build_model(cfg_of("estimator=vimco", "model=vae", "model.objective=iwae"))
     assert model.train_objective == "iwae"
 

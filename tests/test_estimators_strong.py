@@ -187,7 +187,7 @@ def test_unbiased_on_an_enumerable_vae_through_the_probe(kind):
     2 x 3 categorical latents: every unbiased estimator's mean gradient, over all encoder and
     decoder coordinates, matches the enumerated exact gradient (z-test per coordinate, Bonferroni);
     bias2 of the exact estimator itself is ~0 and its variance is 0."""
-    from discograd.experiment.diagnostics import Probe, Reference
+    from discograd.diagnostics import Probe, Reference
     vae, x = _tiny_vae(kind)
     names = [n for n in UNBIASED if supports(n, kind)]
     K = 3000
@@ -548,7 +548,7 @@ def test_largest_enumerable_shapes_are_accepted():
 def test_reinmax_keeps_its_own_temperature_in_diagnostics():
     """The probe shares `schedule` between relaxed estimators; ReinMax must not inherit a gumbel
     schedule that goes below 1."""
-    from discograd.experiment.diagnostics import Probe, Reference
+    from discograd.diagnostics import Probe, Reference
     from discograd.models import Toy
     toy = Toy(dim=2)
     trained = make("gumbel", "bernoulli", (2,), tau=TauSchedule(1.0, 0.1, 1.0, 1))

@@ -296,7 +296,7 @@ def test_evaluation_bounds_match_enumeration(which):
 def test_layered_refusals_name_the_key(cfg_of, tmp_path):
     from discograd.estimators import ConfigError
     from discograd.experiment.train import Trainer
-    from discograd.experiment.validate import validate
+    from discograd.experiment.build import validate
     with pytest.raises(ConfigError, match="model.kl=analytic.*accepted: model.kl=sampled"):
         validate(cfg_of("model=vae", "model.layers=2", "model.kl=analytic"))
     with pytest.raises(ConfigError, match="model.layers=0"):

@@ -208,7 +208,7 @@ def test_a_read_only_cache_without_data_names_the_ways_out(tmp_path):
     folder and DISCOGRAD_DATA / data.cache_dir / data.root, exit 66; a read-only folder that
     holds a valid cache is used as it is."""
     from discograd.errors import EXIT_DATA
-    from discograd.experiment.data import DataError, fetch_mnist
+    from discograd.data import DataError, fetch_mnist
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -234,7 +234,7 @@ def test_a_read_only_cache_without_data_names_the_ways_out(tmp_path):
         assert way in err
     # a valid cache in a folder that cannot be written is read as it is (lock-free fast path)
     fetch_mnist()                                  # the default cache exists (or is made now)
-    from discograd.experiment.data import default_cache_dir
+    from discograd.data import default_cache_dir
     assert fetch_mnist(default_cache_dir())["train"][0].shape == (50000, 784)
     assert DataError
 
@@ -277,7 +277,8 @@ def test_replay_finds_the_same_step_as_a_check_after_every_step():
 
     import torch
     from discograd.experiment.config import compose_config
-    from discograd.experiment.train import Diverged, Trainer
+    from discograd.experiment.lifecycle import Diverged
+    from discograd.experiment.train import Trainer
     cfg = compose_config(["model=toy", "diagnostics.every=0", "report.run=false"])
     with tempfile.TemporaryDirectory() as d:
         t = Trainer(cfg, Path(d))

@@ -268,7 +268,7 @@ def test_no_readable_checkpoint_is_refused_with_a_clear_message(tmp_path):
 
 def test_a_checkpoint_that_does_not_read_back_is_not_installed(tmp_path, monkeypatch):
     import torch
-    from discograd.experiment import files
+    from discograd import files
     path = tmp_path / "checkpoint.pt"
     files.save_checkpoint(path, {"step": 1})
     files.save_checkpoint(path, {"step": 2})
@@ -282,7 +282,7 @@ def test_a_checkpoint_that_does_not_read_back_is_not_installed(tmp_path, monkeyp
 
 def test_flipped_bytes_inside_a_checkpoint_are_caught(tmp_path):
     import torch
-    from discograd.experiment import files
+    from discograd import files
     path = tmp_path / "checkpoint.pt"
     files.save_checkpoint(path, {"step": 5, "w": torch.randn(1000)})
     assert files.read_checkpoint(path)[0]["step"] == 5
@@ -312,7 +312,7 @@ def test_every_file_a_run_writes_has_one_mode(tmp_path):
 
 def test_the_data_cache_is_written_with_the_same_mode(tmp_path):
     import numpy as np
-    from discograd.experiment import data
+    from discograd.data import mnist as data
     old = os.umask(0o027)
     try:
         data._write_cache(tmp_path, {s: (np.zeros((2, 784), np.uint8), np.zeros(2, np.int64))

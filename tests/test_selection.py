@@ -137,20 +137,21 @@ def test_best_validation_step_is_kept_and_evaluated_on_test(tmp_path, cfg_of, mo
     """A real VAE run whose validation metric is scripted to peak at step 40 (of 80): best.pt holds
     the step-40 model, summary.json "best" has its test metrics, evaluated exactly as a fresh
     evaluation of best.pt's model does, and they differ from the final model's."""
-    from discograd.experiment import train as T
+    from discograd.experiment import build, evaluation
+    from discograd.experiment.train import Trainer
     cfg = cfg_of("model=vae", "model.latent_dim=8", "estimator=st", "train.steps=80",
                  "train.batch_size=20", "train.eval_every=20", "train.log_every=20",
                  "eval.samples=3", "eval.final_samples=0", "diagnostics.every=0", "train.lr=0.01")
-    real = T.Trainer.evaluate
+    real = evaluation.Evaluator.evaluate
     script = {0: -300.0, 20: -200.0, 40: -100.0, 60: -150.0, 80: -120.0}
 
-    def scripted(self, split, samples_list, step=None):
+    def scripted(self, split, samples_list, step):
         out = real(self, split, samples_list, step)
         if split == "valid":
-            out["bound_3"] = script[self.step]
+            out["bound_3"] = script[step]
         return out
-    monkeypatch.setattr(T.Trainer, "evaluate", scripted)
-    trainer = T.Trainer(cfg, tmp_path / "run")
+    monkeypatch.setattr(evaluation.Evaluator, "evaluate", scripted)
+    trainer = Trainer(cfg, tmp_path / "run")
     summary = trainer.fit()
     trainer.close()
     best = summary["best"]
@@ -158,10 +159,10 @@ def test_best_validation_step_is_kept_and_evaluated_on_test(tmp_path, cfg_of, mo
     kept = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     assert kept["step"] == 40
     # an independent evaluation of the kept model on test, with the step-40 evaluation stream
-    model = T.build_model(cfg)
+    model = build.build_model(cfg)
     model.load_state_dict(kept["model"])
     model.eval()
-    data = T.build_data(cfg.data, torch.device("cpu"))
+    data = build.build_data(cfg.data, torch.device("cpu"))
     g = torch.Generator().manual_seed(int(cfg.seed) * 1000003 + 40)
     with torch.no_grad():
         ref = model.evaluate(data.full("test"), 3, generator=g)

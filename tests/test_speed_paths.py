@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from discograd.experiment.optim import Adam
+from discograd.optim import Adam
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_adam_state_dict_round_trips_with_torch_adam():
 def test_dynamic_binarization_draws_bernoulli_pixels():
     """u < p with u ~ U[0, 1) is Bernoulli(p): the mean over many draws of a fixed image matches
     the grey levels within 5 standard errors."""
-    from discograd.experiment.data import MNISTData
+    from discograd.data import MNISTData
     grey = (torch.arange(784) % 256).to(torch.uint8).reshape(1, 784).repeat(2, 1).numpy()
     splits = {s: (grey, torch.zeros(2, dtype=torch.long).numpy()) for s in ("train", "valid", "test")}
     data = MNISTData(splits, "dynamic", "cpu", 0)
@@ -122,7 +122,7 @@ def test_non_finite_loss_is_reported_at_its_step(tmp_path):
     one, and a non-finite parameter without a bad loss is reported at the check's step when there
     is no earlier good state to replay from (with one, tests/test_messages.py: the first bad
     step)."""
-    from discograd.experiment.train import Diverged
+    from discograd.experiment.lifecycle import Diverged
     t = _trainer(tmp_path, "model=toy", "estimator=reinforce")
     for s in range(1, 8):
         t.step = s

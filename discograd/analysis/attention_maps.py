@@ -29,8 +29,8 @@ COLORS = ["#e41a1c", "#377eb8", "#4daf4a", "#ff7f00", "#984ea3", "#ffff33", "#a6
 
 def load_run(run_dir: Path, device: str = "cpu"):
     """(model in eval mode, data, config) of a trained attention run."""
-    from discograd.experiment.logbook import load_checkpoint
-    from discograd.experiment.train import build_data, build_model
+    from discograd.files import load_checkpoint
+    from discograd.experiment.build import build_data, build_model
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: RUN_DIR must be a finished run folder")

@@ -1,11 +1,18 @@
-"""Hydra callbacks (``hydra.callbacks`` in configs/config.yaml)."""
+"""Hydra callbacks (``hydra.callbacks`` in configs/config.yaml): the report of a finished single
+run (:class:`RunReport`) and of a finished sweep (:class:`SweepReport`). They live here, with the
+analysis they run, so that the training harness (discograd/experiment) never imports it."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from discograd.files import in_use
+from .runs import error_line, find_runs, read_summary
 
 log = logging.getLogger("discograd")
 
@@ -20,8 +27,6 @@ def job_outcomes(sweep_dir: Path) -> list[tuple[str, str, str]]:
     launcher failed), error from summary.json or else the last ERROR line of its run.log; a job
     whose folder another process is running now (a second sweep into the same folder) is
     ``running elsewhere``, with that process."""
-    from discograd.analysis.runs import error_line, find_runs, read_summary
-    from .files import in_use
     out = []
     for folder in find_runs(sweep_dir):
         holder = in_use(folder)
@@ -36,6 +41,36 @@ def job_outcomes(sweep_dir: Path) -> list[tuple[str, str, str]]:
 
 
 RUNNING_ELSEWHERE = "running elsewhere"
+
+
+def write_report(folder: Path) -> None:
+    """``python -m analysis FOLDER``: report.md, tables and figures in FOLDER/analysis. A report
+    that fails is logged, never fatal: the runs' own files are already complete."""
+    t0 = time.perf_counter()
+    try:
+        from .report import make_report      # matplotlib and pandas: only when a report is due
+        path = make_report(folder)
+    except Exception as e:  # noqa: BLE001 - the run is done; the report is a convenience
+        log.warning("could not write the report of %s (%r); run python -m analysis %s", folder, e,
+                    folder)
+        return
+    log.info("report %s (%.1f s)", path, time.perf_counter() - t0)
+
+
+class RunReport(Callback):
+    """When a single run's job has returned (completed, or diverged), write its report into its
+    folder (``report.run=false`` turns it off). A job that failed or was refused, or a sweep's job
+    (the sweep has one report), gets none."""
+
+    def on_run_end(self, config: DictConfig, job_return: JobReturn | None = None, **kwargs) -> None:
+        if job_return is None or job_return.status != JobStatus.COMPLETED:
+            return
+        cfg = job_return.cfg if job_return.cfg is not None else config
+        if not bool(cfg.get("report", {}).get("run", True)):
+            return
+        folder = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
+        if (folder / "summary.json").exists() and read_summary(folder).get("status") != "refused":
+            write_report(folder)
 
 
 class SweepReport(Callback):
@@ -64,6 +99,5 @@ def finish_sweep() -> None:
         SWEEP["incomplete"] = []
         return
     if SWEEP["report"]:
-        from .train import write_report
         write_report(folder)
     SWEEP["incomplete"] = [o for o in job_outcomes(folder) if o[1] != "completed"]

@@ -61,7 +61,7 @@ def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
     """Everything the runs need, checked before any starts: per estimator, its overrides."""
     from discograd.estimators import ConfigError
     from discograd.experiment.config import compose_config
-    from discograd.experiment.validate import validate
+    from discograd.experiment.build import validate
     if not (budget > 0):
         raise SystemExit(f"reproduce: --budget {budget} is invalid: it must be > 0 (1 = the paper's steps)")
     if seeds < 1:
@@ -103,9 +103,8 @@ def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
                 raise SystemExit(f"reproduce: estimator={name} with {point}: {e}")
         seeding = [f"seed={','.join(map(str, range(seeds)))}"]
         if replicas and seeds > 1:        # the seeds of one grid point in one process, if it can
-            from discograd.experiment.replicas import check_replicas
             try:
-                check_replicas(compose_config([*common, f"estimator={name}", *extra,
+                validate(compose_config([*common, f"estimator={name}", *extra,
                                                f"train.replicas={seeds}"]))
                 seeding = ["seed=0", f"train.replicas={seeds}"]
             except ConfigError as e:

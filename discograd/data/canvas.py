@@ -11,7 +11,7 @@ Every choice (position, fragment source, crop offset, fragment position) comes f
 generator seeded by ``(seed, split, size, clutter, fragment)``, so a split does not depend on the
 other splits and the same config always gives the same images. Labels are the digits' labels.
 Pixels keep MNIST's uint8 grey level ``k`` (probability ``k/256``); binarization, if any, is applied
-later by :class:`experiment.data.MNISTData` exactly as for MNIST.
+later by :class:`~.dataset.MNISTData` exactly as for MNIST.
 
 Cache: ``canvas-v1-<size>-<clutter>-<fragment>-<seed>-<source hash>.npz`` (compressed npz, arrays
 ``{split}_images`` / ``{split}_labels``) plus its ``.sha256`` sidecar, written atomically, sidecar
@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import (LOCK_NAME, SPLITS, MNISTData, Splits, _Corrupt, _sha256, content_sha256,
-                   default_cache_dir, make_cache_dir, read_verified)
-from .files import atomic_write, lock
+from discograd.files import atomic_write, lock
+from .dataset import MNISTData
+from .mnist import (LOCK_NAME, SPLITS, Splits, _Corrupt, _sha256, content_sha256,
+                    default_cache_dir, make_cache_dir, read_verified)
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def place(digits: torch.Tensor, index: torch.Tensor, size: int, clutter: int = 0
 
 
 class CanvasData(MNISTData):
-    """:class:`~experiment.data.MNISTData` of canvases. ``splits`` are the (cached) canvases; with
+    """:class:`~.dataset.MNISTData` of canvases. ``splits`` are the (cached) canvases; with
     ``resample=True`` the training split is replaced by the 28x28 ``train_digits`` ``[N, 784]``,
     placed afresh by :func:`place` each time a training image is drawn (binarization, if any, of
     the digit as MNISTData does it: fixed for static/threshold, resampled for dynamic, after the

@@ -141,7 +141,7 @@ class DataConfig:
 
 @dataclass
 class CanvasDataConfig(DataConfig):
-    """translated_mnist / cluttered_mnist (experiment/canvas.py)."""
+    """translated_mnist / cluttered_mnist (discograd/data/canvas.py)."""
     name: str = "translated_mnist"
     binarize: Binarize = Binarize.none
     size: int = 60             # canvas side

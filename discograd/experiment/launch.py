@@ -10,72 +10,18 @@ validated here, so that a bad value is refused before any folder is made or any 
   key or option as typed, what is accepted, the nearest accepted name), without internal schema
   class names.
 - ``name_preset(message, overrides)``: a refused value that a preset set says so.
-- ``shrink(cfg)``: the ``DISCOGRAD_SHRINK=N`` environment variable caps the steps, periods and
-  sample counts of every run (the README test runs every documented command that way).
 """
 from __future__ import annotations
 
 import difflib
 import logging
-import os
 import re
 import sys
 
 from discograd.errors import EXIT_INVALID, ConfigError
+from .shrink import shrink, shrink_steps
 
 log = logging.getLogger("discograd")
-
-SHRINK_ENV = "DISCOGRAD_SHRINK"
-SHRINK_DRAWS = 10      # estimates per probe, and Monte Carlo reference draws, when shrinking
-
-
-# --- shrinking (a smoke test of a command, not a result) ---------------------------------------
-def shrink_steps() -> int | None:
-    """N from ``DISCOGRAD_SHRINK=N`` (None when unset or empty)."""
-    value = os.environ.get(SHRINK_ENV, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{SHRINK_ENV}={value} is invalid: it must be an integer >= 1 (the "
-                          "number of training steps every run is cut to), or unset")
-    return int(value)
-
-
-def shrink(cfg) -> list[str]:
-    """Cap ``cfg`` in place when ``DISCOGRAD_SHRINK=N`` is set: N training steps, periods of at
-    most N/2 steps, 2 periodic and 4 final importance samples, probes at the start and the end of
-    10 estimates with 2 fitting steps against a reference of at most 10 draws (``auto``'s
-    Monte Carlo reference too: :func:`discograd.experiment.diagnostics.parse_reference`). Returns the changes as ``key: old -> new`` (empty when not shrinking). Nothing
-    else changes: the same model, estimator, data and code paths run, only shorter."""
-    n = shrink_steps()
-    if n is None:
-        return []
-    half = max(1, n // 2)
-    changes = []
-
-    def cap(node, key: str, limit: int, dotted: str) -> None:
-        old = int(node[key])
-        if old > limit:
-            node[key] = limit
-            changes.append(f"{dotted}: {old} -> {limit}")
-
-    tr, ev, dg = cfg.train, cfg.eval, cfg.diagnostics
-    cap(tr, "steps", n, "train.steps")
-    for key in ("log_every", "eval_every", "checkpoint_every"):
-        cap(tr, key, half, f"train.{key}")
-    if str(ev.select) in ("auto", "none"):      # a named metric (bound_100) keeps its samples
-        cap(ev, "samples", 2, "eval.samples")
-    cap(ev, "final_samples", 4, "eval.final_samples")
-    if int(dg.every) > 0:
-        cap(dg, "every", n, "diagnostics.every")          # probes at the start and the end
-    cap(dg, "samples", SHRINK_DRAWS, "diagnostics.samples")
-    cap(dg, "fit_steps", 2, "diagnostics.fit_steps")
-    ref = str(dg.reference).split(":")
-    if len(ref) == 3 and ref[0] == "mc" and ref[2].isdigit() and int(ref[2]) > SHRINK_DRAWS:
-        dg.reference = f"mc:{ref[1]}:{SHRINK_DRAWS}"
-        changes.append(f"diagnostics.reference: {':'.join(ref)} -> {dg.reference}")
-    return changes
-
 
 # --- Hydra's errors, in the command line's words ------------------------------------------------
 def _nearest(word: str, options) -> str:
@@ -226,8 +172,8 @@ _ABSENT = object()
 def check_job(overrides: list[str], device: bool) -> object:
     """The job's config (shrunk like the job will be), or ConfigError with the message a user
     reads (composition errors explained, a preset's value named)."""
+    from .build import pick_device, validate
     from .config import compose_config, plain
-    from .validate import validate
     try:
         cfg = compose_config(overrides)
     except ConfigError:
@@ -239,7 +185,6 @@ def check_job(overrides: list[str], device: bool) -> object:
     try:
         validate(cfg)
         if device:
-            from .train import pick_device
             pick_device(plain(cfg.device))
     except ConfigError as e:
         raise ConfigError(name_preset(str(e), overrides)) from None
@@ -332,14 +277,4 @@ def _refuse(message: str, what: str = "invalid configuration") -> None:
     sys.exit(EXIT_INVALID)
 
 
-def log_to_files(level: int, message: str, *args) -> None:
-    """Log a record to the run's log file only (run.log), not to the console: the console gets
-    the same message once, on stderr, from the caller."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, args, None)
-    for handler in logging.getLogger().handlers + log.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
-__all__ = ["precheck", "check_job", "explain", "name_preset", "shrink", "shrink_steps",
-           "log_to_files", "SHRINK_ENV"]
+__all__ = ["precheck", "check_job", "explain", "name_preset"]

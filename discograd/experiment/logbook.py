@@ -4,21 +4,22 @@
 - ``summary.json``: final metrics, status, timings, declared properties, versions.
 - ``checkpoint.pt``: state dicts and plain types, written atomically (temp file + rename).
 On resume, rows after the checkpoint's step are dropped so the log has no duplicates.
-Writing files (one mode, atomic writes, checkpoints, the folder lock) is experiment.files.
+Writing files (one mode, atomic writes, checkpoints, the folder lock) is discograd.files.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import platform
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterable
 
 import torch
 
-from .files import atomic_write, load_checkpoint, save_checkpoint, write_json  # noqa: F401
-
-atomic_write_bytes = atomic_write        # the former name (a write function or bytes)
+from discograd.diagnostics import GRAD_STATS_HEADER
+from discograd.files import atomic_write
 
 METRICS_HEADER = ["step", "epoch", "wall_time", "split", "metric", "value"]
 
@@ -85,6 +86,28 @@ class MetricsLog(CSVLog):
         super().close()
         if self._tb is not None:
             self._tb.close()
+
+
+@contextlib.contextmanager
+def open_logs(out: Path, tensorboard: bool, grads: bool, bar: dict | None = None):
+    """The open logs of a session: ``metrics`` (metrics.csv), ``grads`` (grad_stats.csv, when the
+    run probes; else None) and ``bar`` (a tqdm progress bar made with the arguments ``bar``; else
+    None), closed at the end."""
+    logs = SimpleNamespace(bar=None, grads=None,
+                           metrics=MetricsLog(Path(out) / "metrics.csv", tensorboard=tensorboard))
+    try:
+        if grads:
+            logs.grads = CSVLog(Path(out) / "grad_stats.csv", GRAD_STATS_HEADER)
+        if bar is not None:
+            from tqdm import tqdm        # only on a terminal
+            logs.bar = tqdm(**bar)
+        yield logs
+    finally:
+        logs.metrics.close()
+        if logs.grads is not None:
+            logs.grads.close()
+        if logs.bar is not None:
+            logs.bar.close()
 
 
 def versions() -> dict[str, str]:

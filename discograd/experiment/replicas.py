@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import time
 from pathlib import Path
 
@@ -51,10 +50,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from discograd.errors import ConfigError
-from .optim import Adam
+from discograd.files import write_json
+from discograd.optim import Adam
+from discograd.step import Step
+from .build import pick_device, validate
 from .config import plain
-from .train import (Diverged, Interrupted, Trainer, build_model, pick_device, step_forward,
-                    write_json)
+from .lifecycle import Diverged, Interrupted, Signals
+from .train import Trainer
 
 log = logging.getLogger("discograd")
 
@@ -72,51 +74,6 @@ def member_config(cfg: DictConfig, index: int) -> DictConfig:
     c.seed = int(cfg.seed) + index
     c.train.replicas = 1
     return c
-
-
-def check_replicas(cfg: DictConfig) -> None:
-    """Refuse, before any work, what a replica group cannot train (ConfigError names the value
-    and what is accepted)."""
-    n = int(cfg.train.replicas)
-    if n == 1:
-        return
-    key = f"train.replicas={n}"
-    if bool(cfg.train.compile):
-        raise ConfigError(f"{key} cannot be combined with train.compile=true (the group's step is "
-                          "vmapped; torch.compile of it is not supported); accepted: "
-                          "train.compile=false, or train.replicas=1")
-    if plain(cfg.train.on_nan) == "skip":
-        raise ConfigError(f"{key} cannot be combined with train.on_nan=skip: a skipped step is "
-                          "decided per run, but the replicas share one optimizer step; accepted: "
-                          "train.on_nan=stop, or train.replicas=1")
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(cfg)
-    if model.sequential:
-        raise ConfigError(f"{key} cannot vectorise model '{model.name}': its latents are "
-                          "sequential (the model drives its rollout step by step); accepted: "
-                          "train.replicas=1, or a model with all latents at once (toy, or vae with "
-                          "model.layers=1)")
-    from discograd.estimators import build_estimator
-    est = build_estimator(cfg.estimator, model.kind, model.latent_shape)
-    owned = ", ".join(n for n, p in est.named_parameters() if p.requires_grad)
-    if owned:
-        raise ConfigError(
-            f"{key} does not support estimator '{est.name}' with these settings: it trains "
-            f"parameters of its own ({owned}), which a replica group does not stack (REBAR and "
-            "RELAX also differentiate inside their forward pass with torch.autograd.grad, which "
-            "torch.func.vmap cannot batch); accepted: train.replicas=1 (separate runs, e.g. a "
-            "joblib sweep over seeds), or an estimator without trainable parameters")
-
-
-class _Step(nn.Module):
-    """Model + estimator as one module: functional_call swaps both modules' tensors."""
-
-    def __init__(self, model, estimator):
-        super().__init__()
-        self.model, self.estimator = model, estimator
-
-    def forward(self, x, u):
-        return step_forward(self.model, self.estimator, x, u)
 
 
 def _slots(module: nn.Module) -> list[tuple[str, nn.Module, str, bool, bool]]:
@@ -141,8 +98,7 @@ class ReplicaGroup:
     def __init__(self, cfg: DictConfig, out_dir: Path, hydra_files: dict[str, str] | None = None):
         self.cfg, self.out = cfg, Path(out_dir)
         n = int(cfg.train.replicas)
-        from .validate import validate
-        validate(cfg)                # bad input fails before any work (check_replicas too)
+        validate(cfg)            # bad input fails before any work (build.check_replicas too)
         pick_device(plain(cfg.device))
         self.out.mkdir(parents=True, exist_ok=True)
         self.members: list[Trainer] = []
@@ -160,7 +116,6 @@ class ReplicaGroup:
         except BaseException:
             self.close()
             raise
-        self._signal = None
         write_json(self.out / "replicas.json",
                    {"replicas": n, "seeds": [int(m.cfg.seed) for m in self.members],
                     "folders": [m.out.name for m in self.members]})
@@ -184,7 +139,7 @@ class ReplicaGroup:
     def _stack(self, active: list[Trainer]) -> None:
         """Move the active members' parameters, persistent buffers and Adam moments into tensors
         stacked over the replicas; each member keeps views into them."""
-        mods = [_Step(m.model, m.estimator) for m in active]
+        mods = [Step(m.model, m.estimator) for m in active]
         slots = [_slots(mod) for mod in mods]
         self.stacked: dict[str, torch.Tensor] = {}
         self.transposed = {s[0]: s[4] for s in slots[0]}
@@ -285,15 +240,16 @@ class ReplicaGroup:
         return xs
 
     # --- the run -------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame) -> None:
-        self._signal = signum
+    def checkpoint_bytes(self) -> int:
+        """About the size of one member's checkpoint (each member writes its own)."""
+        return self.members[0].checkpoint_bytes() if self.members else 0
 
     def fit(self) -> list[dict]:
         """Train every member to train.steps; their summaries (also in their summary.json)."""
         summaries: dict[int, dict] = {}
         active = []
         for i, m in enumerate(self.members):
-            done = m._completed_summary()
+            done = m.folder.completed()
             if done is not None:
                 log.info("%salready completed (%d steps); nothing to do", m.tag, done["step"])
                 summaries[i] = done
@@ -305,7 +261,9 @@ class ReplicaGroup:
         return [summaries[i] for i in range(len(self.members))]
 
     def _fit(self, active: list[Trainer]) -> list[dict]:
-        resumed = [m.try_resume() for m in active]
+        """The members' loop: one vectorised step for all, then each member's phases (the public
+        phase methods of Trainer, as its own fit would run them)."""
+        resumed = [m.resume() for m in active]
         steps_now = {int(m.cfg.seed): m.step for m in active}
         if len(set(steps_now.values())) > 1:
             where = ", ".join(f"seed {s}: step {k}" for s, k in steps_now.items())
@@ -318,16 +276,10 @@ class ReplicaGroup:
             m.replayable = False
         steps = [m.prepare_loop() for m in active][0]
         live = set(range(len(active)))
-        runs: dict[int, object] = {}
-        previous = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-            try:
-                previous[sig] = signal.signal(sig, self._on_signal)
-            except ValueError:               # not the main thread
-                pass
+        signals = Signals().install()       # one set of handlers for the group
         with contextlib.ExitStack() as stack:
-            logs = [stack.enter_context(m._logs()) for m in active]
-            runs = {i: m.open_session(signals=False) for i, m in enumerate(active)}
+            logs = [stack.enter_context(m.open_logs()) for m in active]
+            runs = {i: m.open_session(signals) for i, m in enumerate(active)}
 
             def phase(i: int, fn) -> bool:
                 """Run one member's phase; a divergence ends that member alone."""
@@ -347,18 +299,17 @@ class ReplicaGroup:
                     xs = self.step(active, live)
                     self._phases(active, live, lambda i: phase(
                         i, lambda: active[i].after_step(logs[i], xs[i])))
-                    if self._signal is not None:
-                        raise Interrupted(self._signal)
+                    if signals.received is not None:
+                        raise Interrupted(signals.received)
                 for i in sorted(live):
                     m = active[i]
                     if phase(i, lambda m=m, i=i: setattr(runs[i], "final", m.final_phase(logs[i]))):
                         m.close_session(runs[i], None)
             except (KeyboardInterrupt, Interrupted) as e:
                 for i in sorted(live):
-                    active[i]._signal = self._signal
-                    active[i].close_session(runs[i], e, pass_on=False)
-                self._restore(previous)
-                self._pass_on(previous)
+                    active[i].close_session(runs[i], e)     # checkpoint and summary each
+                signals.restore()
+                signals.pass_on()
                 raise
             except Exception as e:  # noqa: BLE001 - every live member records "failed"
                 for i in sorted(live):
@@ -368,7 +319,7 @@ class ReplicaGroup:
                         pass
                 raise
             finally:
-                self._restore(previous)
+                signals.restore()
         return [runs[i].summary for i in range(len(active))]
 
     @staticmethod
@@ -388,16 +339,3 @@ class ReplicaGroup:
         for i in order:
             seen += spent[i]
             active[i].clock.exclude(total - seen)      # the members after it
-
-    def _pass_on(self, previous: dict) -> None:
-        if self._signal is None:
-            return
-        handler = previous.get(self._signal)
-        if callable(handler):               # e.g. submitit's: requeue the job
-            handler(self._signal, None)
-        raise SystemExit(128 + int(self._signal))
-
-    @staticmethod
-    def _restore(previous: dict) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -1,4 +1,5 @@
-"""Checks of config values that Hydra's schema cannot express, run before any work starts.
+"""Checks of config values that Hydra's schema cannot express, one value at a time, run before
+any work starts (experiment/build.py then checks the built objects together).
 
 Every message names the key, the bad value and what is accepted.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import math
 
 from discograd.estimators import REGISTRY, ConfigError
+from discograd.data.canvas import CANVAS_DATASETS, DIGIT, image_side
 from .config import plain
 
 SPLIT_SIZES = {"mnist": {"train": 50000, "valid": 10000, "test": 10000}}
@@ -25,8 +27,9 @@ def _positive(key: str, value) -> None:
         raise ConfigError(f"{key}={value} is invalid: it must be a finite number > 0")
 
 
-def validate(cfg) -> None:
-    """Raise ConfigError for the first invalid value found."""
+def check_keys(cfg) -> None:
+    """Raise ConfigError for the first invalid value found (the values one by one; what needs the
+    built model and estimator is checked by experiment.build)."""
     if cfg.logger.tensorboard:
         try:
             import torch.utils.tensorboard  # noqa: F401
@@ -89,61 +92,11 @@ def validate(cfg) -> None:
     if model.name != "toy" and sizes and d.batch_size is not None and d.batch_size > sizes["train"]:
         raise ConfigError(f"diagnostics.batch_size={d.batch_size} is larger than the training set "
                           f"of data={cfg.data.name} ({sizes['train']} examples)")
-    _build_estimator(cfg)
-
-
-def _build_estimator(cfg) -> None:
-    """The estimator's own settings are checked by its constructor, the one validator of its own
-    arguments: build it (on the model's latent shape, e.g. for exact's enumeration limit), with
-    the global random stream left as it was."""
-    import torch
-    from discograd.estimators import build_estimator
-    from .train import build_model         # here: train imports this module
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(cfg)
-        estimator = build_estimator(cfg.estimator, model.kind, model.latent_shape)
-    _validate_pairing(cfg, model, estimator)
-    select = str(cfg.eval.select)
-    names = model.metric_names(int(cfg.eval.samples))
-    if select not in ("auto", "none") and (select not in names or not model.needs_data):
-        accepted = "auto, none" + (", " + ", ".join(names) if model.needs_data else "")
-        raise ConfigError(f"eval.select={select} is invalid for model '{model.name}'"
-                          + ("" if model.needs_data else " (it has no validation split)")
-                          + f"; accepted: {accepted}")
-
-
-def _validate_pairing(cfg, model, estimator) -> None:
-    """What the model, the estimator and the features asked for can do together: checked on the
-    built objects, before any folder is held or any data loaded."""
-    why = model.estimator_support(estimator)
-    if why is not None:
-        raise ConfigError(f"estimator '{estimator.name}' cannot train model '{model.name}' with "
-                          f"sequential latents: {why}")
-    if bool(cfg.train.compile) and model.sequential:
-        raise ConfigError(f"train.compile=true cannot compile model '{model.name}': its latents are "
-                          "sequential (the model drives the rollout step by step); accepted: "
-                          "train.compile=false")
-    if bool(cfg.train.compile) and estimator.not_compilable:
-        raise ConfigError(f"train.compile=true cannot compile estimator '{estimator.name}': "
-                          f"{estimator.not_compilable}; accepted: train.compile=false")
-    dg = cfg.diagnostics
-    if int(dg.every) > 0:
-        if model.sequential:
-            raise ConfigError(
-                f"diagnostics.every={dg.every} is not supported for model '{model.name}' with "
-                "sequential latents: the probe differentiates estimator(logits, f) with all logits "
-                "known in advance, which a model that drives its own rollout does not provide; "
-                "accepted: diagnostics.every=0 (or a non-sequential model)")
-        from .diagnostics import probe_plan
-        probe_plan(dg, estimator.name, model)
-    from .replicas import check_replicas
-    check_replicas(cfg)
 
 
 def _validate_attention_and_canvas(cfg) -> None:
     """The hard-attention classifier (model=attention) and the 60x60 canvases (data=
     translated_mnist|cluttered_mnist)."""
-    from .canvas import CANVAS_DATASETS, DIGIT, image_side
     model, data = cfg.model, cfg.data
     if data.name in CANVAS_DATASETS:
         _int_at_least("data.size", data.size, DIGIT)
