@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from discograd.errors import ConfigError
 from discograd.latents import Layers, hard_sample, log_prob, uniform
 from .base import LatentModel
-from .vae import EVAL_ROWS, add_prior, bias_at_mean_logit, check_prior_and_slope, mlp
+from .parts import EVAL_ROWS, add_prior, bias_at_mean_logit, check_prior_and_slope, mlp
 
 
 class LayeredModel(LatentModel):
