@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from discograd.errors import EXIT_BUSY, EXIT_DATA, EXIT_DIVERGED, EXIT_INVALID, EXIT_IO
 from discograd.estimators import ConfigError, Estimator, build_estimator, uniform
-from discograd.models import MODELS, LatentModel
+from discograd.models import LatentModel, registry
 from discograd.models.base import higher_is_better, with_labels
 from .config import MISSING_VALUE, RESUMABLE_KEYS, config_diff, fingerprint, plain, run_defining
 from .optim import Adam
@@ -90,28 +90,8 @@ def selection_metric(model: LatentModel, cfg) -> str | None:
 
 
 def build_model(cfg) -> LatentModel:
-    m = cfg.model
-    kind = plain(m.latent)
-    if m.name == "toy":
-        return MODELS["toy"](dim=m.dim, t=m.t, latent=kind, classes=m.classes,
-                             power=float(m.get("power", 2.0)), init=float(m.get("init", 0.0)))
-    if m.name == "attention":
-        from .canvas import image_side
-        return MODELS["attention"](image_size=image_side(cfg.data), glimpses=m.glimpses, grid=m.grid,
-                                   patch=m.patch, scales=m.scales, context=m.context,
-                                   hidden=m.hidden, recurrent=bool(m.recurrent))
-    latent_dim = m.latent_dim if m.latent_dim is not None else (200 if kind == "bernoulli" else 20)
-    if m.name == "sbn":
-        return MODELS["sbn"](layers=int(m.layers), latent=kind, latent_dim=latent_dim,
-                             classes=m.classes)
-    if int(m.get("layers", 1)) > 1:
-        from discograd.models.layered import LayeredVAE
-        return LayeredVAE(layers=int(m.layers), latent=kind, latent_dim=latent_dim,
-                          classes=m.classes, hidden=list(m.hidden), kl=plain(m.kl),
-                          objective=plain(m.objective), prior=plain(m.prior), slope=float(m.slope))
-    return MODELS["vae"](latent=kind, latent_dim=latent_dim, classes=m.classes,
-                         hidden=list(m.hidden), kl=plain(m.kl), objective=plain(m.objective),
-                         prior=plain(m.prior), slope=float(m.slope))
+    """The model of ``cfg.model`` and ``cfg.data`` (discograd.models.build_model)."""
+    return registry.build_model(cfg.model, cfg.data)
 
 
 def build_data(d, device: torch.device):

@@ -26,6 +26,8 @@ Both hand the estimator a :class:`discograd.latents.Layers` view through ``seque
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +36,10 @@ from torch import Tensor, nn
 from discograd.errors import ConfigError
 from discograd.latents import Layers, hard_sample, log_prob, uniform
 from .base import LatentModel
-from .parts import EVAL_ROWS, add_prior, bias_at_mean_logit, check_prior_and_slope, mlp
+from .config import Latent, latent_dim_or_default, plain
+from .parts import (EVAL_ROWS, add_prior, bias_at_mean_logit, check_digit_model,
+                    check_prior_and_slope, mlp)
+from .registry import register
 
 
 class LayeredModel(LatentModel):
@@ -200,9 +205,31 @@ class LayeredVAE(LayeredModel):
 HALF = 392      # the upper 14 rows of a 28 x 28 image
 
 
+@dataclass
+class SBNConfig:
+    name: str = "sbn"
+    latent: Latent = Latent.bernoulli
+    latent_dim: Optional[int] = None   # None: 200 Bernoulli units, or 20 categorical variables
+    classes: int = 10
+    layers: int = 2            # stochastic layers between the upper and the lower half
+
+
+@register
 class SBN(LayeredModel):
     name = "sbn"
+    schema = SBNConfig
     main_metric = "loss"
+
+    @classmethod
+    def check_config(cls, model_cfg, data_cfg) -> None:
+        check_digit_model(model_cfg, data_cfg)
+
+    @classmethod
+    def from_config(cls, model_cfg, data_cfg) -> SBN:
+        m = model_cfg
+        kind = plain(m.latent)
+        return cls(layers=int(m.layers), latent=kind,
+                   latent_dim=latent_dim_or_default(m.latent_dim, kind), classes=m.classes)
 
     def select_metric(self, samples: int) -> str:
         return f"bound_{samples}"
