@@ -172,8 +172,8 @@ def test_register_refuses_a_model_without_its_schema_or_builder():
 
     class NoBuilder(LatentModel):
         name = "toy2"
-        schema = dataclasses.make_dataclass("Toy2Config",
-                                            [("name", str, dataclasses.field(default="toy2"))])
+        schema = dataclasses.make_dataclass("Toy2Config", [("name", str, "toy2"),
+                                                           ("latent", str, "bernoulli")])
 
     class Duplicate(LatentModel):
         name = "toy"

@@ -18,15 +18,16 @@ MODELS: dict[str, type[LatentModel]] = {}   # name -> class, in the order the mo
 
 def register(cls: type[LatentModel]) -> type[LatentModel]:
     """Class decorator: adds ``cls`` to :data:`MODELS` under ``cls.name``. Refuses (at import) a
-    missing or duplicate name, a schema that is not a dataclass whose ``name`` defaults to
-    ``cls.name``, and a class without its own ``from_config``."""
+    missing or duplicate name, a schema that is not a dataclass with a field ``name`` defaulting
+    to ``cls.name`` and a field ``latent`` (the harness checks the estimator's latent kinds
+    against ``model.latent``), and a class without its own ``from_config``."""
     if not cls.name or cls.name in MODELS:
         raise RuntimeError(f"bad or duplicate model name {cls.name!r}")
     fields = {f.name: f for f in dataclasses.fields(cls.schema)} \
         if dataclasses.is_dataclass(cls.schema) else {}
-    if "name" not in fields or fields["name"].default != cls.name:
-        raise TypeError(f"{cls.__name__}.schema must be a dataclass whose field 'name' defaults "
-                        f"to {cls.name!r}")
+    if "name" not in fields or fields["name"].default != cls.name or "latent" not in fields:
+        raise TypeError(f"{cls.__name__}.schema must be a dataclass with the fields 'name' "
+                        f"(default {cls.name!r}) and 'latent'")
     if cls.from_config.__func__ is LatentModel.from_config.__func__:
         raise TypeError(f"{cls.__name__} must define the classmethod from_config")
     MODELS[cls.name] = cls
