@@ -1,7 +1,7 @@
-"""Building blocks shared by the MNIST models (models/vae.py, models/layered.py): MLPs, the prior,
-the decoder bias at the data mean, the evaluation chunk size, their common config checks. A module
-of its own so that the VAE can build the layered VAE (model=vae model.layers>=2) without an import
-cycle."""
+"""Building blocks shared by the MNIST models (the VAE with one or several layers, the SBN): MLPs,
+the prior, the decoder bias at the data mean, the evaluation chunk size, their common config
+checks. A module of its own so that the VAE can build the layered VAE (model=vae
+model.layers>=2) without an import cycle."""
 from __future__ import annotations
 
 import math
