@@ -80,6 +80,24 @@ def test_models_never_import_the_estimators():
                 assert not any("estimators" in a.name for a in node.names), path.name
 
 
+def test_models_never_import_the_harness():
+    """The models read their config nodes themselves (models/registry.py) and take the data
+    sets' image sides from discograd.images: nothing in discograd/models imports
+    discograd.experiment, and no model module imports inside a function."""
+    for path in (ROOT / "discograd" / "models").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mod = ("." * node.level) + (node.module or "")
+                assert "experiment" not in mod, f"{path.name} imports {mod}"
+            elif isinstance(node, ast.Import):
+                assert not any("experiment" in a.name for a in node.names), path.name
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = [n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                assert not inner, f"{path.name}: {fn.name} imports at call time"
+
+
 def _modules(package: str) -> list[str]:
     root = ROOT / package
     out = []

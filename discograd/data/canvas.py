@@ -40,14 +40,13 @@ import numpy as np
 import torch
 
 from discograd.files import atomic_write, lock
+# the image sides live in discograd.images (the models read them too); re-exported here
+from discograd.images import CANVAS_DATASETS, DIGIT, image_side  # noqa: F401
 from .dataset import MNISTData
 from .mnist import (LOCK_NAME, SPLITS, Splits, _Corrupt, _sha256, content_sha256,
                     default_cache_dir, make_cache_dir, read_verified)
 
 log = logging.getLogger(__name__)
-
-DIGIT = 28
-CANVAS_DATASETS = ("translated_mnist", "cluttered_mnist")
 
 
 def _rng(seed: int, split: str, size: int, clutter: int, fragment: int) -> np.random.Generator:
@@ -236,8 +235,3 @@ class CanvasData(MNISTData):
     def __repr__(self) -> str:
         return (f"Canvas{super().__repr__()[:-1]}, size={self.size}, clutter={self.clutter}, "
                 f"resample={self.resample})")
-
-
-def image_side(data_cfg) -> int:
-    """Side of the square images of a data config: ``data.size`` for the canvases, 28 for MNIST."""
-    return int(data_cfg.size) if data_cfg.name in CANVAS_DATASETS else DIGIT

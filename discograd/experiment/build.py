@@ -18,7 +18,8 @@ from discograd.data import (CANVAS_DATASETS, CanvasData, MNISTData, load_canvas,
 from discograd.diagnostics import AUTO_M, probe_plan
 from discograd.errors import ConfigError
 from discograd.estimators import Estimator, build_estimator
-from discograd.models import MODELS, LatentModel
+from discograd.models import LatentModel
+from discograd.models import build_model as build_registered
 from .config import plain
 from .graphs import check_cuda_graphs
 from .shrink import SHRINK_DRAWS, shrink_steps
@@ -34,28 +35,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_model(cfg) -> LatentModel:
-    m = cfg.model
-    kind = plain(m.latent)
-    if m.name == "toy":
-        return MODELS["toy"](dim=m.dim, t=m.t, latent=kind, classes=m.classes,
-                             power=float(m.get("power", 2.0)), init=float(m.get("init", 0.0)))
-    if m.name == "attention":
-        from discograd.data.canvas import image_side
-        return MODELS["attention"](image_size=image_side(cfg.data), glimpses=m.glimpses, grid=m.grid,
-                                   patch=m.patch, scales=m.scales, context=m.context,
-                                   hidden=m.hidden, recurrent=bool(m.recurrent))
-    latent_dim = m.latent_dim if m.latent_dim is not None else (200 if kind == "bernoulli" else 20)
-    if m.name == "sbn":
-        return MODELS["sbn"](layers=int(m.layers), latent=kind, latent_dim=latent_dim,
-                             classes=m.classes)
-    if int(m.get("layers", 1)) > 1:
-        from discograd.models.layered import LayeredVAE
-        return LayeredVAE(layers=int(m.layers), latent=kind, latent_dim=latent_dim,
-                          classes=m.classes, hidden=list(m.hidden), kl=plain(m.kl),
-                          objective=plain(m.objective), prior=plain(m.prior), slope=float(m.slope))
-    return MODELS["vae"](latent=kind, latent_dim=latent_dim, classes=m.classes,
-                         hidden=list(m.hidden), kl=plain(m.kl), objective=plain(m.objective),
-                         prior=plain(m.prior), slope=float(m.slope))
+    """The model of config groups ``model`` and ``data`` (the models' registry,
+    discograd/models/registry.py)."""
+    return build_registered(cfg.model, cfg.data)
 
 
 def build_data(d, device: torch.device):

@@ -1,4 +1,5 @@
-"""Structured-config schemas (Hydra ConfigStore) for every config group.
+"""Structured-config schemas (Hydra ConfigStore) for every config group: the harness's are here,
+an estimator's is derived from its constructor, a model's is declared by its module.
 
 Each YAML file in ``configs/<group>/`` starts from one of these schemas (``/schema/<group>/...``),
 so a key that does not exist or a value of the wrong type or outside an enumeration fails when
@@ -21,31 +22,13 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from discograd.models import MODELS
+
 
 class Device(Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class Latent(Enum):
-    bernoulli = "bernoulli"
-    categorical = "categorical"
-
-
-class KL(Enum):
-    analytic = "analytic"
-    sampled = "sampled"
-
-
-class Prior(Enum):
-    learned = "learned"    # prior logits trained with the model
-    uniform = "uniform"    # fixed: Bernoulli(1/2) / uniform categorical (Jang et al. 2016)
-
-
-class ModelObjective(Enum):
-    elbo = "elbo"      # single-sample ELBO: every estimator of E_q[f]
-    iwae = "iwae"      # S-sample bound (Burda et al. 2016): f = -log w, estimators like vimco
 
 
 class Binarize(Enum):
@@ -82,51 +65,8 @@ class Progress(Enum):
 
 
 # --- models ----------------------------------------------------------------------------------
-@dataclass
-class ToyConfig:
-    name: str = "toy"
-    latent: Latent = Latent.bernoulli
-    dim: int = 1
-    t: float = 0.45
-    classes: int = 3
-    power: float = 2.0         # f = mean |value - t|^power (ReinMax's polynomial programming: 1.5, 2, 3)
-    init: float = 0.0          # logits ~ U(-init, init) (0: zeros)
-
-
-@dataclass
-class VAEConfig:
-    name: str = "vae"
-    latent: Latent = Latent.bernoulli
-    latent_dim: Optional[int] = None   # None: 200 Bernoulli units, or 20 categorical variables
-    classes: int = 10
-    hidden: List[int] = field(default_factory=list)
-    kl: KL = KL.analytic
-    objective: ModelObjective = ModelObjective.elbo   # iwae: the S-sample bound (estimator=vimco)
-    prior: Prior = Prior.learned
-    slope: float = 0.3         # LeakyReLU slope of hidden layers (DisARM code 0.3; ARM code 0.1)
-    layers: int = 1            # stochastic layers; >= 2: models/layered.py (needs kl=sampled)
-
-
-@dataclass
-class SBNConfig:
-    name: str = "sbn"
-    latent: Latent = Latent.bernoulli
-    latent_dim: Optional[int] = None   # None: 200 Bernoulli units, or 20 categorical variables
-    classes: int = 10
-    layers: int = 2            # stochastic layers between the upper and the lower half
-
-
-@dataclass
-class AttentionConfig:
-    name: str = "attention"
-    latent: Latent = Latent.categorical   # glimpse locations: categorical only
-    glimpses: int = 4          # T glimpse steps
-    grid: int = 7              # grid x grid candidate glimpse centres (must divide the image side)
-    patch: int = 8             # glimpse side in pixels at the finest scale
-    scales: int = 2            # scale s covers patch * 2^s pixels, average-pooled to patch x patch
-    context: int = 7           # side of the coarse (average-pooled) view given to the location net
-    hidden: int = 256
-    recurrent: bool = False    # True: RAM-style core, location t depends on glimpses < t
+# No schema here: each model module declares its own (the ``schema`` of its registered class,
+# discograd/models/registry.py), stored as /schema/model/NAME.
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -273,10 +213,8 @@ def register_configs() -> None:
     from discograd.estimators import REGISTRY, config_schema
     for name, cls in REGISTRY.items():
         cs.store(group="schema/estimator", name=name, node=config_schema(cls))
-    cs.store(group="schema/model", name="toy", node=ToyConfig)
-    cs.store(group="schema/model", name="vae", node=VAEConfig)
-    cs.store(group="schema/model", name="attention", node=AttentionConfig)
-    cs.store(group="schema/model", name="sbn", node=SBNConfig)
+    for name, cls in MODELS.items():
+        cs.store(group="schema/model", name=name, node=cls.schema)
     cs.store(group="schema/data", name="mnist", node=DataConfig)
     cs.store(group="schema/data", name="canvas", node=CanvasDataConfig)
 

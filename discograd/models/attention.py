@@ -35,12 +35,18 @@ Inputs carry the label as their last column (``models.base.with_labels``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discograd.errors import ConfigError
+from discograd.images import image_side
 from discograd.latents import gumbel_noise, one_hot, uniform
 from .base import LatentModel, split_labels
+from .config import Latent, int_at_least, plain
+from .registry import register
 
 EVAL_FLOATS = 1 << 24     # candidate-patch floats per evaluation chunk (64 MiB in float32)
 
@@ -50,10 +56,62 @@ def cross_entropy(out: Tensor, y: Tensor) -> Tensor:
     return -(torch.log_softmax(out, -1) * one_hot(y, out.shape[-1], out.dtype)).sum(-1)
 
 
+@dataclass
+class AttentionConfig:
+    name: str = "attention"
+    latent: Latent = Latent.categorical   # glimpse locations: categorical only
+    glimpses: int = 4          # T glimpse steps
+    grid: int = 7              # grid x grid candidate glimpse centres (must divide the image side)
+    patch: int = 8             # glimpse side in pixels at the finest scale
+    scales: int = 2            # scale s covers patch * 2^s pixels, average-pooled to patch x patch
+    context: int = 7           # side of the coarse (average-pooled) view given to the location net
+    hidden: int = 256
+    recurrent: bool = False    # True: RAM-style core, location t depends on glimpses < t
+
+
+@register
 class Attention(LatentModel):
     name = "attention"
+    schema = AttentionConfig
     needs_labels = True
     main_metric = "accuracy"
+    # train.batch_size has never been checked against the training split for this model (a larger
+    # batch is the whole split each step); kept as it was
+    checks_batch_size = False
+
+    @classmethod
+    def check_config(cls, model_cfg, data_cfg) -> None:
+        """Categorical latents, and a glimpse geometry that fits the data's image side."""
+        m = model_cfg
+        if plain(m.latent) != "categorical":
+            raise ConfigError(f"model.latent={plain(m.latent)} is invalid for model 'attention': "
+                              "glimpse locations are categorical; accepted: categorical")
+        side = image_side(data_cfg)
+        int_at_least("model.glimpses", m.glimpses, 1)
+        int_at_least("model.grid", m.grid, 1)
+        if m.grid > side or side % m.grid:
+            divisors = [k for k in range(2, side + 1) if side % k == 0]
+            raise ConfigError(f"model.grid={m.grid} does not divide the {side}x{side} images of "
+                              f"data={data_cfg.name}; accepted: a divisor of {side} "
+                              f"({', '.join(map(str, divisors))})")
+        int_at_least("model.patch", m.patch, 1)
+        int_at_least("model.scales", m.scales, 1)
+        largest = m.patch * 2 ** (m.scales - 1)
+        if largest > 2 * side:
+            raise ConfigError(f"model.patch={m.patch} with model.scales={m.scales} gives "
+                              f"{largest}-pixel glimpses on {side}x{side} images; accepted: "
+                              f"patch * 2^(scales-1) <= {2 * side}")
+        if not isinstance(m.context, int) or not 1 <= m.context <= side:
+            raise ConfigError(f"model.context={m.context} is invalid: it must be an integer in "
+                              f"1..{side} (the side of the coarse view of the {side}x{side} image)")
+        int_at_least("model.hidden", m.hidden, 1)
+
+    @classmethod
+    def from_config(cls, model_cfg, data_cfg) -> Attention:
+        m = model_cfg
+        return cls(image_size=image_side(data_cfg), glimpses=m.glimpses, grid=m.grid,
+                   patch=m.patch, scales=m.scales, context=m.context, hidden=m.hidden,
+                   recurrent=bool(m.recurrent))
 
     def metric_names(self, samples: int) -> tuple[str, ...]:
         return ("accuracy", "nll", "accuracy_argmax", "nll_argmax", "loss")

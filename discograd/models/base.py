@@ -25,6 +25,13 @@ class LatentModel(nn.Module):
         path that hands ``x`` to the model (training step, evaluation, diagnostic probe) carries it.
     main_metric: the metric name (test split) reported as the run's headline.
     select_metric(samples): the validation metric that picks the best step (``eval.select=auto``).
+
+    From a config (models/registry.py: ``model=NAME`` is the registered class named NAME):
+    schema: the dataclass of the keys, types and defaults of ``model=NAME``.
+    check_config / check_objective: refuse, before any work, what the schema cannot.
+    from_config: the one construction path from config nodes ``model`` and ``data``.
+    checks_batch_size: the harness refuses a ``train.batch_size`` larger than the training split
+        (models that need data only).
     """
 
     name: ClassVar[str] = ""
@@ -35,6 +42,26 @@ class LatentModel(nn.Module):
     # with S samples then run on S whole rollouts: Estimator.joint_rollouts)
     parallel_rollouts: ClassVar[bool] = False
     main_metric: ClassVar[str] = "loss"
+    schema: ClassVar[type | None] = None
+    checks_batch_size: ClassVar[bool] = True
+
+    @classmethod
+    def check_config(cls, model_cfg, data_cfg) -> None:
+        """Raise ConfigError for the first value of config node ``model`` (or of its pairing with
+        ``data``) that the schema cannot refuse: the message names ``model.KEY=value`` and what is
+        accepted. Called before anything is built (default: nothing to check)."""
+
+    @classmethod
+    def check_objective(cls, model_cfg, estimator: type) -> None:
+        """Raise ConfigError when the estimator class's target (``estimator.objective``: "mean",
+        E_q[f], or "multisample", the S-sample bound) is not what this model trains (default:
+        any)."""
+
+    @classmethod
+    def from_config(cls, model_cfg, data_cfg) -> LatentModel:
+        """The model of config nodes ``model`` and ``data`` (DictConfigs of a composed config that
+        passed :meth:`check_config`)."""
+        raise NotImplementedError
 
     def estimator_support(self, estimator) -> str | None:
         """None when ``estimator`` can train this model, else why not (sequential models)."""

@@ -10,15 +10,7 @@
   the single-sample negative ELBO (the lower KL has no closed form, so ``model.kl=sampled`` is
   required). ``model.objective=iwae`` trains the S-sample bound with ``estimator=vimco`` (its S
   samples are S joint rollouts).
-- :class:`SBN` (``model=sbn``): structured output prediction with a sigmoid belief net (Raiko et
-  al. 2014; Gu et al. 2016 section 5.1; Jang et al. 2016 section 4.1): predict the lower half y of
-  a binarized MNIST digit from its upper half x_u through L stochastic layers,
-  x_u (392) -> h_1 (200) -> h_2 (200) -> y (392), each arrow a linear map to logits of a
-  Bernoulli (or ``latent_dim`` categoricals of ``classes`` classes, 20 x 10 in Jang et al.).
-  Training minimises f(h) = -log p(y | h_L) with h ~ p(h | x_u) (m = 1); evaluation reports the
-  m-sample bound log 1/m sum_i p(y | h_i) (``bound_m``; the papers' test "negative log-likelihood"
-  is -bound_m, m = 1000 in Jang et al., 100 in Gu et al.). ``estimator=vimco`` trains the
-  S-sample bound itself (MuProp section 5.1's objective with m = S).
+- :class:`discograd.models.sbn.SBN` (``model=sbn``, models/sbn.py): the sigmoid belief net.
 
 Both hand the estimator a :class:`discograd.latents.Layers` view through ``sequential_estimate``
 (``estimator.layered_estimate``); every estimator runs on them (estimators/layered.py says how).
@@ -34,7 +26,7 @@ from torch import Tensor, nn
 from discograd.errors import ConfigError
 from discograd.latents import Layers, hard_sample, log_prob, uniform
 from .base import LatentModel
-from .vae import EVAL_ROWS, add_prior, bias_at_mean_logit, check_prior_and_slope, mlp
+from .parts import EVAL_ROWS, add_prior, bias_at_mean_logit, check_prior_and_slope, mlp
 
 
 class LayeredModel(LatentModel):
@@ -129,7 +121,8 @@ class _View(Layers):
         return self._call(frozen, "layered_objective", self.x, zs)
 
 
-def _flat(z: Tensor) -> Tensor:
+def flat(z: Tensor) -> Tensor:
+    """One layer's samples as rows of a linear map: ``[R, B, n, K]`` -> ``[R, B, n*K]``."""
     return z.flatten(2) if z.dim() > 3 else z
 
 
@@ -173,15 +166,15 @@ class LayeredVAE(LayeredModel):
     def layer_logits(self, x, l, zs):
         if l == 0:
             return self._reshape(self.encoders[0](x)).unsqueeze(0)
-        return self._reshape(self.encoders[l](_flat(zs[l - 1])))
+        return self._reshape(self.encoders[l](flat(zs[l - 1])))
 
     def layered_objective(self, x, zs):
         """f = -log p(x | z_1) - sum_l log p(z_l | z_l+1) - log p(z_L) + sum_l log q(z_l | z_l-1),
         the negative log weight: [R, B]."""
-        out = self.decoder_x(_flat(zs[0]))                                 # [R, B, 784]
+        out = self.decoder_x(flat(zs[0]))                                 # [R, B, 784]
         nll = (F.softplus(out) - x * out).sum(-1)
         for l in range(1, self.depth):      # log p(zs[l - 1] | zs[l])
-            nll = nll - log_prob(self._reshape(self.decoders[l - 1](_flat(zs[l]))), zs[l - 1],
+            nll = nll - log_prob(self._reshape(self.decoders[l - 1](flat(zs[l]))), zs[l - 1],
                                  self.kind)
         nll = nll - log_prob(self.prior_logits.expand_as(zs[-1]), zs[-1], self.kind)
         for l in range(self.depth):
@@ -194,51 +187,3 @@ class LayeredVAE(LayeredModel):
     def decoder_parameters(self):
         learned = [self.prior_logits] if isinstance(self.prior_logits, nn.Parameter) else []
         return list(self.decoder_x.parameters()) + list(self.decoders.parameters()) + learned
-
-
-
-HALF = 392      # the upper 14 rows of a 28 x 28 image
-
-
-class SBN(LayeredModel):
-    name = "sbn"
-    main_metric = "loss"
-
-    def select_metric(self, samples: int) -> str:
-        return f"bound_{samples}"
-
-    def metric_names(self, samples: int) -> tuple[str, ...]:
-        return ("loss", f"bound_{samples}")
-
-    def __init__(self, layers: int = 2, latent: str = "bernoulli", latent_dim: int = 200,
-                 classes: int = 10):
-        super().__init__()
-        if int(layers) < 1:
-            raise ConfigError(f"model.layers={layers} is invalid for model 'sbn': it must be >= 1")
-        self.kind, self.depth = latent, int(layers)
-        n = int(latent_dim)
-        self.latent_shape = (n,) if latent == "bernoulli" else (n, int(classes))
-        width = math.prod(self.latent_shape)
-        self.nets = nn.ModuleList([nn.Linear(HALF if l == 0 else width, width)
-                                   for l in range(self.depth)])
-        self.out = nn.Linear(width, 784 - HALF)
-
-    def set_data_mean(self, mean: Tensor) -> None:
-        bias_at_mean_logit(self.out, mean[HALF:])          # of the lower half
-
-    def layer_logits(self, x, l, zs):
-        if l == 0:
-            return self._reshape(self.nets[0](x[..., :HALF])).unsqueeze(0)
-        return self._reshape(self.nets[l](_flat(zs[l - 1])))
-
-    def layered_objective(self, x, zs):
-        """-log p(y | h_L), y the lower half of x: [R, B]."""
-        out = self.out(_flat(zs[-1]))                                       # [R, B, 392]
-        return (F.softplus(out) - x[..., HALF:] * out).sum(-1)
-
-    def encoder_parameters(self):
-        return list(self.nets.parameters())
-
-    def decoder_parameters(self):
-        return list(self.out.parameters())
-

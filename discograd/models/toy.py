@@ -22,16 +22,67 @@ logits.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from discograd.errors import ConfigError
 from .base import LatentModel
+from .config import Latent, int_at_least, plain
+from .registry import register
 
 
+@dataclass
+class ToyConfig:
+    name: str = "toy"
+    latent: Latent = Latent.bernoulli
+    dim: int = 1
+    t: float = 0.45
+    classes: int = 3
+    power: float = 2.0         # f = mean |value - t|^power (ReinMax's polynomial programming: 1.5, 2, 3)
+    init: float = 0.0          # logits ~ U(-init, init) (0: zeros)
+
+
+@register
 class Toy(LatentModel):
     name = "toy"
+    schema = ToyConfig
     needs_data = False
     main_metric = "exact_loss"
+
+    @classmethod
+    def check_config(cls, model_cfg, data_cfg) -> None:
+        m = model_cfg
+        int_at_least("model.dim", m.dim, 1)
+        if plain(m.latent) == "categorical":
+            int_at_least("model.classes", m.classes, 2)
+        if not math.isfinite(m.t):
+            raise ConfigError(f"model.t={m.t} is invalid: it must be a finite number")
+        if not (math.isfinite(m.power) and m.power >= 1):
+            raise ConfigError(f"model.power={m.power} is invalid: it must be a finite number "
+                              ">= 1 (f = mean |z - t|^power; 1 <= power keeps f convex in z)")
+        if not (math.isfinite(m.init) and m.init >= 0):
+            raise ConfigError(f"model.init={m.init} is invalid: it must be a finite number >= 0")
+
+    @classmethod
+    def check_objective(cls, model_cfg, estimator: type) -> None:
+        if estimator.objective == "multisample":
+            raise ConfigError(
+                f"estimator '{estimator.name}' estimates the gradient of the S-sample bound "
+                "log 1/S sum_s exp(-f(z_s)), but model 'toy' minimises E[f] (f is not a negative "
+                "log-likelihood, so that bound is not its objective and its exact_loss would not be "
+                "comparable); accepted with the toy: any estimator of E[f] (e.g. rloo, reinforce "
+                "estimator.samples=S); vimco trains model=vae model.objective=iwae, model=sbn or "
+                "model=attention")
+
+    @classmethod
+    def from_config(cls, model_cfg, data_cfg) -> Toy:
+        m = model_cfg
+        # .get: a config without these keys (e.g. saved before they existed) gets the old defaults
+        return cls(dim=m.dim, t=m.t, latent=plain(m.latent), classes=m.classes,
+                   power=float(m.get("power", 2.0)), init=float(m.get("init", 0.0)))
 
     def __init__(self, dim: int = 1, t: float = 0.45, latent: str = "bernoulli", classes: int = 2,
                  power: float = 2.0, init: float = 0.0):

@@ -21,7 +21,8 @@ S-sample bound log 1/S sum_s w_s (Burda et al. 2016, eq. (8)) with S = ``estimat
 is then always the per-sample NEGATIVE log weight -log w = -log p(x|z) - log p(z) + log q(z|x) (the
 sampled form; ``kl`` has no effect and there is no analytic extra term), and the estimator, which
 must be one whose target is the multi-sample bound (``vimco``), forms the bound from the [S, B]
-values of f itself. ``experiment/validate.py`` refuses every other combination before training.
+values of f itself. :meth:`VAE.check_objective` (run by experiment/validate.py) refuses every other
+combination before training.
 
 Evaluation uses exact (hard) samples z_k ~ q, k = 1..K:
     log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x),
@@ -32,6 +33,9 @@ Both are reported as signed log-likelihood bounds in nats (higher is better); ``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,18 +44,42 @@ from torch import Tensor, nn
 from discograd.errors import ConfigError
 from discograd.latents import log_prob
 from .base import LatentModel
+from .config import Latent, latent_dim_or_default, plain
+from .layered import LayeredVAE
+from .parts import (EVAL_ROWS, add_prior, bias_at_mean_logit, check_digit_model,
+                    check_prior_and_slope, mlp)
+from .registry import register
 
 OBJECTIVES = ("elbo", "iwae")   # model.objective: the single-sample ELBO or the S-sample bound
-EVAL_ROWS = 1 << 15   # decoder rows per evaluation chunk (bounds memory: 32768 x 784 floats)
 
 
-def mlp(sizes: list[int], slope: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.LeakyReLU(slope))
-    return nn.Sequential(*layers)
+class KL(Enum):
+    analytic = "analytic"
+    sampled = "sampled"
+
+
+class Prior(Enum):
+    learned = "learned"    # prior logits trained with the model
+    uniform = "uniform"    # fixed: Bernoulli(1/2) / uniform categorical (Jang et al. 2016)
+
+
+class ModelObjective(Enum):
+    elbo = "elbo"      # single-sample ELBO: every estimator of E_q[f]
+    iwae = "iwae"      # S-sample bound (Burda et al. 2016): f = -log w, estimators like vimco
+
+
+@dataclass
+class VAEConfig:
+    name: str = "vae"
+    latent: Latent = Latent.bernoulli
+    latent_dim: Optional[int] = None   # None: 200 Bernoulli units, or 20 categorical variables
+    classes: int = 10
+    hidden: List[int] = field(default_factory=list)
+    kl: KL = KL.analytic
+    objective: ModelObjective = ModelObjective.elbo   # iwae: the S-sample bound (estimator=vimco)
+    prior: Prior = Prior.learned
+    slope: float = 0.3         # LeakyReLU slope of hidden layers (DisARM code 0.3; ARM code 0.1)
+    layers: int = 1            # stochastic layers; >= 2: models/layered.py (needs kl=sampled)
 
 
 def kl_divergence(logits: Tensor, prior_logits: Tensor, kind: str) -> Tensor:
@@ -67,37 +95,50 @@ def kl_divergence(logits: Tensor, prior_logits: Tensor, kind: str) -> Tensor:
     return (logq.exp() * (logq - logp)).sum((-1, -2))
 
 
-PRIORS = ("learned", "uniform")
-
-
-def check_prior_and_slope(prior: str, slope: float) -> None:
-    if prior not in PRIORS:
-        raise ConfigError(f"model.prior={prior!r} is invalid; accepted: {', '.join(PRIORS)}")
-    if not (math.isfinite(slope) and slope >= 0):
-        raise ConfigError(f"model.slope={slope} is invalid: it must be a finite number >= 0")
-
-
-def add_prior(module: nn.Module, prior: str, shape: tuple[int, ...]) -> None:
-    """``module.prior_logits``: learned (a Parameter trained with the model; DisARM, ARM linear)
-    or uniform (a zero buffer: Bernoulli(1/2) / uniform categorical; Jang et al. 2016 §4.2, ARM
-    nonlinear code)."""
-    zeros = torch.zeros(shape)
-    if prior == "learned":
-        module.prior_logits = nn.Parameter(zeros)
-    else:
-        module.register_buffer("prior_logits", zeros)
-
-
-@torch.no_grad()
-def bias_at_mean_logit(layer: nn.Linear, mean: Tensor) -> None:
-    """Output bias := logit of the training data mean (DisARM code)."""
-    m = mean.detach().to(layer.bias).clamp(1e-3, 1 - 1e-3)
-    layer.bias.copy_(torch.log(m) - torch.log1p(-m))
-
-
+@register
 class VAE(LatentModel):
+    """``model=vae``: this class with one stochastic layer; :meth:`from_config` builds the
+    :class:`LayeredVAE` for ``model.layers`` >= 2 (same schema and checks)."""
+
     name = "vae"
+    schema = VAEConfig
     main_metric = "elbo"
+
+    @classmethod
+    def check_config(cls, model_cfg, data_cfg) -> None:
+        check_digit_model(model_cfg, data_cfg)
+
+    @classmethod
+    def check_objective(cls, model_cfg, estimator: type) -> None:
+        """model.objective (elbo | iwae) against the estimator's target (E_q[f] | the S-sample
+        bound); checked only where the config has the key, as it always was."""
+        if "objective" not in model_cfg:
+            return
+        objective, multisample = plain(model_cfg.objective), estimator.objective == "multisample"
+        if objective == "iwae" and not multisample:
+            raise ConfigError(
+                "model.objective=iwae trains the S-sample bound, but estimator "
+                f"'{estimator.name}' estimates the gradient of the single-sample objective E_q[f] "
+                "(the ELBO), not of that bound; use estimator=vimco, or model.objective=elbo")
+        if objective == "elbo" and multisample:
+            raise ConfigError(
+                f"estimator '{estimator.name}' estimates the gradient of the S-sample bound "
+                "log 1/S sum_s exp(-f(z_s)), which needs f = -log w: set model.objective=iwae "
+                "(model.objective=elbo gives f = -log p(x|z) plus an analytic KL)")
+
+    @classmethod
+    def from_config(cls, model_cfg, data_cfg) -> VAE | LayeredVAE:
+        m = model_cfg
+        kind = plain(m.latent)
+        latent_dim = latent_dim_or_default(m.latent_dim, kind)
+        if int(m.get("layers", 1)) > 1:
+            return LayeredVAE(layers=int(m.layers), latent=kind, latent_dim=latent_dim,
+                              classes=m.classes, hidden=list(m.hidden), kl=plain(m.kl),
+                              objective=plain(m.objective), prior=plain(m.prior),
+                              slope=float(m.slope))
+        return cls(latent=kind, latent_dim=latent_dim, classes=m.classes, hidden=list(m.hidden),
+                   kl=plain(m.kl), objective=plain(m.objective), prior=plain(m.prior),
+                   slope=float(m.slope))
 
     def select_metric(self, samples: int) -> str:
         return f"bound_{samples}"       # the papers select on validation log-likelihood
