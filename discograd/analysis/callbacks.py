@@ -12,7 +12,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from discograd.files import in_use
-from .runs import error_line, find_runs, read_summary
 
 log = logging.getLogger("discograd")
 
@@ -27,6 +26,7 @@ def job_outcomes(sweep_dir: Path) -> list[tuple[str, str, str]]:
     launcher failed), error from summary.json or else the last ERROR line of its run.log; a job
     whose folder another process is running now (a second sweep into the same folder) is
     ``running elsewhere``, with that process."""
+    from .runs import error_line, find_runs, read_summary      # pandas: only at the end
     out = []
     for folder in find_runs(sweep_dir):
         holder = in_use(folder)
@@ -69,7 +69,7 @@ class RunReport(Callback):
         if not bool(cfg.get("report", {}).get("run", True)):
             return
         folder = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
-        if (folder / "summary.json").exists() and read_summary(folder).get("status") != "refused":
+        if (folder / "summary.json").exists():
             write_report(folder)
 
 
