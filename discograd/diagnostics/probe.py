@@ -40,9 +40,17 @@ class Probe:
     ``fit_batch(generator)`` (default: the diagnostic batch), with Adam at ``fit_lr``, never
     touching the model; its state and optimizer carry over from probe to probe (and into
     checkpoints, :meth:`state_dict`), so it follows the model as a trained one would.
-    ``aux=fitted:N`` says it had N inner steps in all; ``aux=none``: nothing to fit."""
+    ``aux=fitted:N`` says it had N inner steps in all; ``aux=none``: nothing to fit. An entry of
+    ``names`` may also be an Estimator instance (a user's, :func:`probe`): measured as it is
+    (``aux=given``), never fitted or moved; or a pair (label, instance), the label then naming its
+    rows (a label already taken gets ``#i``).
 
-    def __init__(self, model, trained: Estimator, names: list[str], reference: Reference,
+    ``model``: what the probe reads of a model (a LatentModel, or :class:`~.api.Problem` around a
+    user's functions): ``logits(x)``, ``objective(x, logits)``, ``extra_loss(x, logits)``,
+    ``encoder_parameters()``, ``decoder_parameters()``, ``kind``, ``latent_shape``, ``name``,
+    ``sequential``, and optionally ``exact_objective(x)``."""
+
+    def __init__(self, model, trained: Estimator | None, names: list, reference: Reference,
                  samples: int, x: Tensor, seed: int = 0, trained_cfg=None, fit_steps: int = 0,
                  fit_lr: float = 1e-3, fit_batch=None):
         if samples < 2:
@@ -57,17 +65,27 @@ class Probe:
         # CPU generator: fork it, so that a run trains identically with and without diagnostics
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 7919 + 1)
+            self.given = set()              # estimators handed over as instances: measured as they are
             for n in names:
-                self.estimators[n] = trained if n == trained.name else \
-                    build_comparator(n, model.kind, model.latent_shape, trained_cfg)
+                if isinstance(n, (Estimator, tuple)):      # (label, estimator) or an estimator
+                    label, est = n if isinstance(n, tuple) else (n.name, n)
+                    if label in self.estimators:
+                        label = f"{label}#{len(self.estimators) + 1}"
+                    self.estimators[label] = est
+                    self.given.add(label)
+                elif trained is not None and n == trained.name:
+                    self.estimators[n] = trained
+                else:
+                    self.estimators[n] = build_comparator(n, model.kind, model.latent_shape, trained_cfg)
             if reference.mode == "mc":
                 self.ref_estimator = reference_estimator(reference.estimator, model)
             self.candidates = reference_candidates(model) if reference.mode == "pick" else {}
         device = x.device
-        for e in [*self.estimators.values(), self.ref_estimator, *self.candidates.values()]:
-            if e is not None and e is not trained:
+        for n, e in [*self.estimators.items(), ("", self.ref_estimator), *self.candidates.items()]:
+            if e is not None and e is not trained and n not in self.given:
                 e.to(device)
-        self.fitted = {n: 0 for n, e in self.estimators.items() if e is not trained and e.adaptive}
+        self.fitted = {n: 0 for n, e in self.estimators.items()
+                       if e is not trained and n not in self.given and e.adaptive}
         self.optimizers = {n: Adam([p for p in self.estimators[n].parameters() if p.requires_grad],
                                    lr=self.fit_lr)
                            for n in self.fitted
@@ -85,6 +103,8 @@ class Probe:
     def aux(self, name: str) -> str:
         if self.estimators[name] is self.trained:
             return "trained"
+        if name in self.given:
+            return "given"
         return f"fitted:{self.fitted[name]}" if name in self.fitted else "none"
 
     # --- comparators' own state ----------------------------------------------------------------
@@ -249,9 +269,10 @@ class Probe:
         model, device = self.model, self.x.device
         was_training = [model.training, *(e.training for e in self.estimators.values())]
         model.eval()
-        for e in self.estimators.values():
+        for n, e in self.estimators.items():
             e.eval()
-            e.set_step(step)
+            if n not in self.given:            # a user's estimator keeps its own step (schedule)
+                e.set_step(step)
         self.fit(step)
         for e in self.estimators.values():
             e.eval()

@@ -32,10 +32,10 @@ class AnnealedST(Pathwise):
                  slope_max: float = 5.0):
         super().__init__(kind, latent_shape, samples)
         if not (math.isfinite(slope_rate) and slope_rate >= 0):
-            raise ConfigError(f"estimator.slope_rate={slope_rate} is invalid: it must be a finite "
+            raise ConfigError(f"slope_rate={slope_rate} is invalid: it must be a finite "
                               "number >= 0 (0: the slope stays 1, plain st)")
         if not (math.isfinite(slope_max) and slope_max >= 1):
-            raise ConfigError(f"estimator.slope_max={slope_max} is invalid: it must be a finite "
+            raise ConfigError(f"slope_max={slope_max} is invalid: it must be a finite "
                               "number >= 1")
         self.slope_rate, self.slope_max = float(slope_rate), float(slope_max)
         # a buffer, not a float attribute: a compiled step takes it as an input (train.compile)

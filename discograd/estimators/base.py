@@ -21,6 +21,7 @@ import enum
 import functools
 import inspect
 import math
+import re
 import typing
 from dataclasses import field
 from typing import ClassVar
@@ -75,7 +76,7 @@ class Estimator(nn.Module):
                 f"estimator '{self.name}' does not support {kind} latents; it supports: "
                 f"{', '.join(self.kinds)}")
         if int(samples) < 1:
-            raise ConfigError(f"estimator.samples={samples} is invalid: it must be an integer >= 1")
+            raise ConfigError(f"samples={samples} is invalid: it must be an integer >= 1")
         self.kind = kind
         self.latent_shape = tuple(latent_shape)
         self.samples = int(samples)
@@ -116,16 +117,19 @@ class Estimator(nn.Module):
         estimators that need more noise (e.g. conditional Gumbels) use N > samples."""
         return (self.samples, *logits_shape)
 
-    def draw_uniforms(self, logits: Tensor) -> Tensor:
-        return uniform(self.noise_shape(tuple(logits.shape)), logits)
+    def draw_uniforms(self, logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return uniform(self.noise_shape(tuple(logits.shape)), logits, generator=generator)
 
-    def forward(self, logits: Tensor, f: Objective, u: Tensor | None = None) -> Estimate:
-        """Estimate the gradient of mean_b E[f_b(z)].
+    def forward(self, logits: Tensor, f: Objective, u: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Estimate:
+        """Estimate the gradient of mean_b E[f_b(z)] (docs/api.md has the whole contract).
 
-        ``u``: optional uniforms ``[S, *logits.shape]`` (common random numbers); drawn if None.
+        ``u``: optional uniforms of shape ``noise_shape(logits.shape)`` (common random numbers);
+        if None they are drawn from ``generator`` (default: torch's global generator of the
+        logits' device).
         """
         if u is None:
-            u = self.draw_uniforms(logits)
+            u = self.draw_uniforms(logits, generator)
         return self.estimate(logits, f, u)
 
     def estimate(self, logits: Tensor, f: Objective, u: Tensor) -> Estimate:  # pragma: no cover
@@ -303,16 +307,33 @@ def config_schema(cls: type[Estimator]) -> type:
     return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
 
 
-def build(cls: type[Estimator], config: dict, kind: str, latent_shape) -> Estimator:
-    """The one construction path: ``config`` (plain values: enums as their names, nested nodes as
-    dicts) -> constructor arguments. The constructor validates its own arguments."""
+def build(cls: type[Estimator], config: dict, kind: str, latent_shape,
+          key_prefix: str = "estimator.") -> Estimator:
+    """The one construction path from a config: ``config`` (plain values: enums as their names,
+    nested nodes as dicts) -> constructor arguments. The constructor validates its own arguments
+    and words its errors for a Python caller (``samples=0 is invalid ...``); here they get the
+    config's key names on top (``estimator.samples=0 ...``, ``key_prefix``)."""
     kwargs = {}
-    for name, (tp, _) in settings(cls).items():
-        if name in config:
-            value = config[name]
-            kwargs[name] = tp(**value) if dataclasses.is_dataclass(tp) and isinstance(value, dict) \
-                else value
-    return cls(kind, tuple(latent_shape), **kwargs)
+    names = settings(cls)
+    try:
+        for name, (tp, _) in names.items():
+            if name in config:
+                value = config[name]
+                kwargs[name] = tp(**value) if dataclasses.is_dataclass(tp) and isinstance(value, dict) \
+                    else value
+        return cls(kind, tuple(latent_shape), **kwargs)
+    except ConfigError as e:
+        raise ConfigError(with_keys(str(e), names, key_prefix)) from None
+
+
+def with_keys(message: str, names, prefix: str) -> str:
+    """``message`` with every setting of ``names`` written as a key (``samples=2`` ->
+    ``estimator.samples=2``; also ``tau.init=``, ``samples >= 2``)."""
+    if not prefix or not names:
+        return message
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    pattern = rf"(?<![\w.'])({alternatives})(?=(\.\w+)?=| >= | <= )"
+    return re.sub(pattern, lambda m: prefix + m.group(1), message)
 
 
 def is_number(value) -> bool:

@@ -29,8 +29,8 @@ class Exact(Estimator):
     def __init__(self, kind, latent_shape, samples: int = 1):
         super().__init__(kind, latent_shape, samples)
         if self.samples != 1:
-            raise ConfigError(f"estimator.samples={samples} is invalid for exact: it enumerates every "
-                              "latent configuration and draws no samples; leave estimator.samples=1")
+            raise ConfigError(f"samples={samples} is invalid for exact: it enumerates every "
+                              "latent configuration and draws no samples; leave samples=1")
         count = n_configs(kind, self.latent_shape)
         if count > MAX_CONFIGS:
             what = (f"2^{self.latent_shape[0]}" if kind == "bernoulli"

@@ -37,7 +37,7 @@ class GST(_Relaxed):
     def __init__(self, kind, latent_shape, samples: int = 1, tau: TauSchedule = TauSchedule(),
                  gap: float = 1.0):
         super().__init__(kind, latent_shape, samples, tau)
-        self.gap = check_positive("estimator.gap", gap)
+        self.gap = check_positive("gap", gap)
 
 
     def pathwise_sample(self, logits: Tensor, u: Tensor):

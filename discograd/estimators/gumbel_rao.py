@@ -66,7 +66,7 @@ class GumbelRao(_Relaxed):
                  mc_samples: int = 10):
         super().__init__(kind, latent_shape, samples, tau)
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ConfigError(f"estimator.mc_samples={mc_samples} is invalid: it must be an integer >= 1")
+            raise ConfigError(f"mc_samples={mc_samples} is invalid: it must be an integer >= 1")
         self.mc_samples = int(mc_samples)
 
 

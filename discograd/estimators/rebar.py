@@ -96,10 +96,10 @@ class Rebar(Estimator):
         super().__init__(kind, latent_shape, samples)
         if not (isinstance(tau_init, (int, float)) and math.isfinite(tau_init)
                 and 1e-3 <= tau_init <= 1e3):
-            raise ConfigError(f"estimator.tau_init={tau_init} is invalid: it must be a number in "
+            raise ConfigError(f"tau_init={tau_init} is invalid: it must be a number in "
                               "[0.001, 1000] (the learned temperature is kept in that range)")
         if not (isinstance(eta_init, (int, float)) and math.isfinite(eta_init)):
-            raise ConfigError(f"estimator.eta_init={eta_init} is invalid: it must be a finite number")
+            raise ConfigError(f"eta_init={eta_init} is invalid: it must be a finite number")
         self.learn = bool(learn)
         self.log_tau = nn.Parameter(torch.tensor(math.log(float(tau_init))), requires_grad=self.learn)
         self.eta = nn.Parameter(torch.tensor(float(eta_init)), requires_grad=self.learn)
@@ -115,7 +115,8 @@ class Rebar(Estimator):
     def noise_shape(self, logits_shape):
         return (2 * self.samples, *logits_shape)
 
-    def forward(self, logits: Tensor, f: Objective, u: Tensor | None = None) -> Estimate:
+    def forward(self, logits: Tensor, f: Objective, u: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Estimate:
         """As :meth:`Estimator.forward`; ``u`` may also hold only the S uniforms that draw b (as
         for single-noise estimators): the uniforms of z~ | b are then drawn here (independent)."""
         n = 2 * self.samples
@@ -123,8 +124,8 @@ class Rebar(Estimator):
             if u.shape[0] < self.samples:
                 raise ValueError(f"{self.name}: u has {u.shape[0]} slices, needs {n} "
                                  f"(noise_shape {self.noise_shape(tuple(logits.shape))})")
-            u = torch.cat([u, uniform((n - u.shape[0], *logits.shape), logits)])
-        return super().forward(logits, f, u)
+            u = torch.cat([u, uniform((n - u.shape[0], *logits.shape), logits, generator=generator)])
+        return super().forward(logits, f, u, generator)
 
     def scalars(self) -> dict[str, float]:
         return {"tau": float(self._log_tau(self.log_tau.detach()).exp()), "eta": float(self.eta.detach())}

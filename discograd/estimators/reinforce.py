@@ -44,13 +44,13 @@ class Reinforce(Estimator):
                  baseline_hidden: int = 100):
         super().__init__(kind, latent_shape, samples)
         if baseline not in BASELINES:
-            raise ConfigError(f"estimator.baseline={baseline!r} is invalid; accepted: {', '.join(BASELINES)}")
+            raise ConfigError(f"baseline={baseline!r} is invalid; accepted: {', '.join(BASELINES)}")
         if self.samples > 1 and baseline != "none":
             raise ConfigError(
-                f"estimator.baseline={baseline} cannot be combined with estimator.samples={self.samples}: "
-                "with samples > 1 the leave-one-out baseline is used; set estimator.baseline=none")
+                f"baseline={baseline} cannot be combined with samples={self.samples}: "
+                "with samples > 1 the leave-one-out baseline is used; set baseline=none")
         if not 0.0 <= float(ema_decay) < 1.0:
-            raise ConfigError(f"estimator.ema_decay={ema_decay} is invalid: it must be in [0, 1)")
+            raise ConfigError(f"ema_decay={ema_decay} is invalid: it must be in [0, 1)")
         self.baseline = baseline
         self.ema_decay = float(ema_decay)
         self.register_buffer("ema", torch.zeros(()))

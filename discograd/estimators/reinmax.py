@@ -60,8 +60,8 @@ class ReinMax(Tempered, Pathwise):
             if value < 1.0:
                 raise ConfigError(
                     f"estimator.tau.{key}={value} is invalid for reinmax: ReinMax requires a "
-                    "temperature >= 1 (Liu et al. 2023, section 5); e.g. estimator.tau.init=1.3 "
-                    "estimator.tau.min=1.3")
+                    "temperature >= 1 (Liu et al. 2023, section 5); e.g. tau.init=1.3 "
+                    "tau.min=1.3")
         self._init_schedule(sched)
 
     def pathwise_sample(self, logits: Tensor, u: Tensor):

@@ -44,7 +44,7 @@ class Relax(Rebar):
         super().__init__(kind, latent_shape, samples, tau_init=tau_init, eta_init=eta_init,
                          learn=learn)
         if not (isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1):
-            raise ConfigError(f"estimator.hidden={hidden} is invalid: it must be an integer >= 1")
+            raise ConfigError(f"hidden={hidden} is invalid: it must be an integer >= 1")
         width = math.prod(self.latent_shape)
         self.net = nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.net[-1].weight)

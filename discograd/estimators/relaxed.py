@@ -37,12 +37,12 @@ class TauSchedule:
     every: int = 1000
 
     def __post_init__(self):
-        check_positive("estimator.tau.init", self.init)
-        check_positive("estimator.tau.min", self.min)
+        check_positive("tau.init", self.init)
+        check_positive("tau.min", self.min)
         if not (is_number(self.rate) and math.isfinite(self.rate) and self.rate >= 0):
-            raise ConfigError(f"estimator.tau.rate={self.rate} is invalid: it must be a finite number >= 0")
+            raise ConfigError(f"tau.rate={self.rate} is invalid: it must be a finite number >= 0")
         if not (isinstance(self.every, int) and not isinstance(self.every, bool) and self.every >= 1):
-            raise ConfigError(f"estimator.tau.every={self.every} is invalid: it must be an integer >= 1")
+            raise ConfigError(f"tau.every={self.every} is invalid: it must be an integer >= 1")
 
     def __call__(self, step: int) -> float:
         anchor = (int(step) // int(self.every)) * int(self.every)

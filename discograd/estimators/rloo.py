@@ -25,7 +25,7 @@ class RLOO(Reinforce):
         super().__init__(kind, latent_shape, samples=samples, baseline="none")
         if self.samples < 2:
             raise ConfigError(
-                f"estimator.samples={samples} is invalid for rloo: the leave-one-out baseline needs "
-                "at least 2 samples (use estimator.samples=2 or more, or estimator=reinforce)")
+                f"samples={samples} is invalid for rloo: the leave-one-out baseline needs "
+                "at least 2 samples (use samples=2 or more, or estimator=reinforce)")
 
 

@@ -64,8 +64,8 @@ class Vimco(Estimator):
 
     def __init__(self, kind, latent_shape, samples: int = 5):
         if isinstance(samples, int) and not isinstance(samples, bool) and samples == 1:
-            raise ConfigError("estimator 'vimco' needs estimator.samples >= 2 (its baselines leave one "
-                              "of S samples out); got estimator.samples=1")
+            raise ConfigError("estimator 'vimco' needs samples >= 2 (its baselines leave one "
+                              "of S samples out); got samples=1")
         super().__init__(kind, latent_shape, samples)
 
     def properties(self) -> dict:
