@@ -42,5 +42,9 @@ def test_the_gradient_is_st_through_the_sharpened_sigmoid():
 
 @pytest.mark.parametrize("setting, value", [("slope_rate", -1.0), ("slope_max", 0.5)])
 def test_bad_settings_are_refused_by_name(setting, value):
-    with pytest.raises(ConfigError, match=f"estimator.{setting}={value}"):
+    """By the constructor's argument name for a Python caller, by the config key for the runner."""
+    from discograd.estimators import build_estimator
+    with pytest.raises(ConfigError, match=f"^{setting}={value}"):
         REGISTRY["annealed_st"]("bernoulli", (3,), **{setting: value})
+    with pytest.raises(ConfigError, match=f"^estimator.{setting}={value}"):
+        build_estimator({"name": "annealed_st", setting: value}, "bernoulli", (3,))

@@ -68,9 +68,8 @@ class RunReport(Callback):
         cfg = job_return.cfg if job_return.cfg is not None else config
         if not bool(cfg.get("report", {}).get("run", True)):
             return
-        folder = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
-        if (folder / "summary.json").exists():
-            write_report(folder)
+        # the run's folder, or a replica group's (its members' folders inside)
+        write_report(Path(job_return.hydra_cfg.hydra.runtime.output_dir))
 
 
 class SweepReport(Callback):
