@@ -51,7 +51,9 @@ NOTES = {
              "after the first).",
     "probe": "seconds for K estimates and their moments: batched (vmap over grad) against a loop of "
              "K backward passes accumulating the same moments; speedup = loop / batched.",
-    "eval": "seconds of the test bound over the test images; speedup = plain / harness.",
+    "eval": "seconds of the test bound over the test images; speedup = plain / harness; "
+            "products_s: the bare matrix products of the bound (encoder on every image, decoder on "
+            "every latent sample); vs_products = harness / products (target <= 1.5).",
     "startup": "median wall seconds of a new process, 3 repeats after one warm-up.",
     "defaults": "wall seconds of whole runs, one each, the default run first; diagnostics_s: the "
                 "probes' time (summary.json), report_s: the report's (run.log); overhead: "

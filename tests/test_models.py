@@ -112,6 +112,37 @@ def test_vae_decoder_bias_is_data_mean_logit():
     assert torch.isfinite(b).all()
 
 
+def test_vae_decoder_bias_zero_and_refusal():
+    """model.decoder_bias=zero (the ARM code's init) leaves the output bias at 0 whatever the
+    data mean; an unknown value is refused with the accepted ones."""
+    from discograd.errors import ConfigError
+    from discograd.models import LayeredVAE
+    for vae, layer in ((VAE(latent_dim=4, x_dim=3, decoder_bias="zero"), "decoder"),
+                       (LayeredVAE(layers=2, latent_dim=4, x_dim=3, decoder_bias="zero"), "decoder_x")):
+        vae.set_data_mean(torch.tensor([0.5, 0.25, 0.1]))
+        assert torch.equal(getattr(vae, layer)[-1].bias.detach(), torch.zeros(3))
+    with pytest.raises(ConfigError, match=r"model.decoder_bias='mean' is invalid; accepted: data_mean, zero"):
+        VAE(latent_dim=4, decoder_bias="mean")
+
+
+@pytest.mark.parametrize("hidden", [[], [16, 8]])
+def test_vae_evaluation_likelihood_is_the_training_one(hidden):
+    """The evaluation's -log p(x|z) (the contraction h.(xW) + x.c instead of x.a, in blocks of
+    DECODE_ROWS rows) equals the training one, sample by sample, up to float rounding; the
+    blocks split the sample axis, here into 3 blocks of 4 samples and one of 2."""
+    from discograd.models import vae as V
+    torch.manual_seed(0)
+    model = VAE(latent_dim=6, hidden=hidden)
+    x = torch.bernoulli(torch.full((500, 784), 0.3))
+    z = torch.bernoulli(torch.full((14, 500, 6), 0.5))
+    old, V.DECODE_ROWS = V.DECODE_ROWS, 2000
+    try:
+        got = model.eval_neg_log_lik(z, x)
+    finally:
+        V.DECODE_ROWS = old
+    torch.testing.assert_close(got, model.neg_log_lik(z, x), rtol=1e-5, atol=1e-3)
+
+
 def test_vae_linear_and_nonlinear_shapes():
     lin = VAE(hidden=[])
     assert sum(isinstance(m, torch.nn.Linear) for m in lin.encoder) == 1

@@ -271,9 +271,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default reproductions/PRESET-bB-sN)")
     ap.add_argument("--report-only", action="store_true", help="only (re)write the tables from OUT")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--two-phase", action="store_true",
+                    help="train without the final K-sample test bound (eval.final_samples=0), then "
+                         "compute it only for the runs the validation selection keeps "
+                         "(python -m analysis.final_bound --selected)")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                     help="an extra config override for every run (repeatable), e.g. diagnostics.every=0")
     a = ap.parse_args(argv)
+    final_samples = None
+    if a.two_phase:        # phase 1 trains without the expensive bound; phase 2 below adds it
+        from discograd.experiment.config import compose_config
+        final_samples = int(compose_config([f"+experiment={a.preset}", *a.overrides]).eval.final_samples)
+        a.overrides = [*a.overrides, "eval.final_samples=0"]
     grid_override = parse_grid_overrides(a.grid)
     p = plan(a.preset, a.budget, a.seeds, a.estimators.split(",") if a.estimators else None,
              grid_override, a.evals, a.overrides, a.replicas)
@@ -297,6 +306,11 @@ def main(argv=None) -> int:
             if r.returncode != 0:          # a failed job: the table still shows what finished
                 print(f"reproduce: estimator {name}: the multirun exited with {r.returncode}",
                       file=sys.stderr)
+        if final_samples:
+            from .final_bound import main as final_bound
+            print(f"reproduce: phase 2: the {final_samples}-sample test bound of the selected runs",
+                  flush=True)
+            final_bound([str(out), "--samples", str(final_samples), "--selected"])
     record = out / "reproduce.json"       # the command that ran the runs, for --report-only
     if a.report_only and record.exists():
         ran = json.loads(record.read_text())

@@ -7,7 +7,9 @@ whose score-function term has expectation f'(mu)^T d mu / d logits:
     g = 1/S sum_s [f(z_s) - h(z_s)] grad log q(z_s) + f'(mu)^T grad mu + grad_theta f(z_s).
 Unbiased for any f (the control variate's correction term is added back analytically). Both kinds.
 Parameters inside f get the plain gradient of f at the samples (the control variate is used for
-the distribution parameters only, as in the paper).
+the distribution parameters only, as in the paper). ``normalize=true``: the variance normalization
+of NVIL applied to the residual signal, MuProp's "-VN" (section 2.2; estimators/normalize.py says
+what stays unbiased).
 
 Cost (``evals``): f at each of the S samples (one stacked call), plus f at the mean field and its
 gradient there (one forward and one vector-Jacobian product, computed with ``torch.func.vjp`` so
@@ -24,12 +26,22 @@ from torch import Tensor
 from torch.func import vjp
 
 from .base import Estimate, Estimator, Objective, hard_sample, log_prob, probs, register, smooth
+from .normalize import NVIL_DECAY, SignalNormalizer
 
 
 @register
-class MuProp(Estimator):
+class MuProp(SignalNormalizer, Estimator):
     name = "muprop"
     unbiased = True
+
+    def __init__(self, kind: str, latent_shape: tuple[int, ...], samples: int = 1,
+                 normalize: bool = False, norm_decay: float = NVIL_DECAY):
+        super().__init__(kind, latent_shape, samples)
+        self._init_normalizer(normalize, norm_decay)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.normalize
 
     @property
     def evals(self) -> int:
@@ -47,5 +59,11 @@ class MuProp(Estimator):
         signal = fz.detach() - taylor
         logq = log_prob(logits, z, self.kind)
         analytic = (grad_mu[0] * mu).flatten(1).sum(-1)        # gradient f'(mu)^T d mu: [B]
+        if self.normalize:
+            # MuProp-VN (Gu et al. 2016 section 2.2): the residual signal and the analytic term
+            # together are the gradient through q, so both are divided by the same s
+            scale = self.signal_scale()
+            self.update_signal_scale(signal)
+            signal, analytic = signal / scale, analytic / scale
         surrogate = (signal * logq + fz).mean(0).mean() + analytic.mean()
         return Estimate(surrogate=surrogate, loss=fz.detach().mean(0))

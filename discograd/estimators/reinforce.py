@@ -12,8 +12,10 @@ Baselines (``estimator.baseline``), for one sample (``estimator.samples=1``):
   section 3.3): b(x) = c + net(x), c the moving average above, net a one-hidden-layer MLP trained by
   regressing f on it, minimising E[(f(z) - b(x))^2]. Since the estimator never sees x, the net reads
   the (detached) logits, which are a deterministic function of x. Its regression loss is added to
-  the surrogate; it only reaches the net's own parameters. (NVIL's variance normalisation is not
-  applied; it rescales the learning signal and would make the gradient biased in scale.)
+  the surrogate; it only reaches the net's own parameters.
+
+``normalize=true``: NVIL's variance normalization of the centred signal (estimators/normalize.py,
+which says precisely what stays unbiased: the score part up to a known scale 1/s).
 
 For S > 1 samples (``estimator.samples=S``) the baseline of sample s is the mean of f over the
 other S - 1 samples (leave-one-out; Kool, van Hoof & Welling 2019, "Buy 4 REINFORCE samples",
@@ -29,20 +31,22 @@ from torch import Tensor, nn
 
 from .base import (ConfigError, Estimate, Estimator, Objective, hard_sample, log_prob, register,
                    step_log_prob)
+from .normalize import NVIL_DECAY, SignalNormalizer
 
 BASELINES = ("none", "ema", "learned")
 
 
 @register
-class Reinforce(Estimator):
+class Reinforce(SignalNormalizer, Estimator):
     name = "reinforce"
     unbiased = True
     joint_rollouts = True     # its S samples may be S complete rollouts of a sequential model
 
     def __init__(self, kind, latent_shape, samples: int = 1,
                  baseline: Literal["none", "ema", "learned"] = "none", ema_decay: float = 0.99,
-                 baseline_hidden: int = 100):
+                 baseline_hidden: int = 100, normalize: bool = False, norm_decay: float = NVIL_DECAY):
         super().__init__(kind, latent_shape, samples)
+        self._init_normalizer(normalize, norm_decay)
         if baseline not in BASELINES:
             raise ConfigError(f"baseline={baseline!r} is invalid; accepted: {', '.join(BASELINES)}")
         if self.samples > 1 and baseline != "none":
@@ -67,7 +71,7 @@ class Reinforce(Estimator):
 
     @property
     def adaptive(self) -> bool:
-        return self.baseline != "none"          # the EMA (and the learned net) adapt
+        return self.baseline != "none" or self.normalize   # the EMA, the net, the scale adapt
 
     def _update_ema(self, fz: Tensor) -> None:
         if not self.training:
@@ -109,6 +113,10 @@ class Reinforce(Estimator):
                 b = b + self.net(baseline_input.detach().flatten(1)).squeeze(-1)   # [B] -> [1, B]
             self._update_ema(fz)
         signal = (fz.detach() - b.detach())
+        if self.normalize:                      # estimators/normalize.py: s from earlier steps
+            scale = self.signal_scale()
+            self.update_signal_scale(signal)
+            signal = signal / scale
         surrogate = (signal * logq + fz).mean(0).mean()
         if self.net is not None:
             baseline_loss = (fz.detach() - b).pow(2).mean()

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from discograd.errors import ConfigError
 from discograd.latents import Layers, hard_sample, log_prob, uniform
 from .base import LatentModel
-from .parts import EVAL_ROWS, add_prior, bias_at_mean_logit, check_prior_and_slope, mlp
+from .parts import (EVAL_ROWS, add_prior, bias_at_mean_logit, check_decoder_bias,
+                    check_prior_and_slope, mlp)
 
 
 class LayeredModel(LatentModel):
@@ -138,8 +139,11 @@ class LayeredVAE(LayeredModel):
 
     def __init__(self, layers: int = 2, latent: str = "bernoulli", latent_dim: int = 200,
                  classes: int = 10, hidden=(), slope: float = 0.3, x_dim: int = 784,
-                 objective: str = "elbo", prior: str = "learned", kl: str = "sampled"):
+                 objective: str = "elbo", prior: str = "learned", kl: str = "sampled",
+                 decoder_bias: str = "data_mean"):
         super().__init__()
+        check_decoder_bias(decoder_bias)
+        self.decoder_bias = decoder_bias
         if int(layers) < 2:
             raise ConfigError(f"model.layers={layers} is invalid for the layered VAE: it must be >= 2")
         if kl != "sampled":
@@ -161,7 +165,11 @@ class LayeredVAE(LayeredModel):
         add_prior(self, prior, self.latent_shape)
 
     def set_data_mean(self, mean: Tensor) -> None:
-        bias_at_mean_logit(self.decoder_x[-1], mean)
+        if self.decoder_bias == "data_mean":
+            bias_at_mean_logit(self.decoder_x[-1], mean)
+        else:                       # zero: the ARM code's (TensorFlow's default bias init)
+            with torch.no_grad():
+                self.decoder_x[-1].bias.zero_()
 
     def layer_logits(self, x, l, zs):
         if l == 0:

@@ -13,7 +13,8 @@ from discograd.errors import ConfigError
 from discograd.images import CANVAS_DATASETS
 from .config import int_at_least, plain
 
-EVAL_ROWS = 1 << 15   # decoder rows per evaluation chunk (bounds memory: 32768 x 784 floats)
+EVAL_ROWS = 1 << 15   # latent samples per evaluation chunk (bounds memory: 32768 x 784 floats)
+DECODE_ROWS = 2048    # decoder rows per product in evaluation: its [rows, 784] output stays in cache
 PRIORS = ("learned", "uniform")
 
 
@@ -42,6 +43,15 @@ def add_prior(module: nn.Module, prior: str, shape: tuple[int, ...]) -> None:
         module.prior_logits = nn.Parameter(zeros)
     else:
         module.register_buffer("prior_logits", zeros)
+
+
+DECODER_BIASES = ("data_mean", "zero")
+
+
+def check_decoder_bias(value: str) -> None:
+    if value not in DECODER_BIASES:
+        raise ConfigError(f"model.decoder_bias={value!r} is invalid; accepted: "
+                          f"{', '.join(DECODER_BIASES)}")
 
 
 @torch.no_grad()

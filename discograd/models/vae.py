@@ -46,7 +46,8 @@ from discograd.latents import log_prob
 from .base import LatentModel
 from .config import Latent, latent_dim_or_default, plain
 from .layered import LayeredVAE
-from .parts import (EVAL_ROWS, add_prior, bias_at_mean_logit, check_digit_model,
+from .parts import (DECODE_ROWS, EVAL_ROWS, add_prior, bias_at_mean_logit, check_decoder_bias,
+                    check_digit_model,
                     check_prior_and_slope, mlp)
 from .registry import register
 
@@ -61,6 +62,11 @@ class KL(Enum):
 class Prior(Enum):
     learned = "learned"    # prior logits trained with the model
     uniform = "uniform"    # fixed: Bernoulli(1/2) / uniform categorical (Jang et al. 2016)
+
+
+class DecoderBias(Enum):
+    data_mean = "data_mean"   # logit of the training-data mean per pixel (the DisARM code)
+    zero = "zero"             # 0 (TensorFlow's default bias init, which the ARM code keeps)
 
 
 class ModelObjective(Enum):
@@ -80,6 +86,8 @@ class VAEConfig:
     prior: Prior = Prior.learned
     slope: float = 0.3         # LeakyReLU slope of hidden layers (DisARM code 0.3; ARM code 0.1)
     layers: int = 1            # stochastic layers; >= 2: models/layered.py (needs kl=sampled)
+    # the initial output bias of the decoder: data_mean (the DisARM code's) or zero
+    decoder_bias: DecoderBias = DecoderBias.data_mean
 
 
 def kl_divergence(logits: Tensor, prior_logits: Tensor, kind: str) -> Tensor:
@@ -135,10 +143,11 @@ class VAE(LatentModel):
             return LayeredVAE(layers=int(m.layers), latent=kind, latent_dim=latent_dim,
                               classes=m.classes, hidden=list(m.hidden), kl=plain(m.kl),
                               objective=plain(m.objective), prior=plain(m.prior),
-                              slope=float(m.slope))
+                              slope=float(m.slope),
+                              decoder_bias=plain(m.get("decoder_bias", "data_mean")))
         return cls(latent=kind, latent_dim=latent_dim, classes=m.classes, hidden=list(m.hidden),
                    kl=plain(m.kl), objective=plain(m.objective), prior=plain(m.prior),
-                   slope=float(m.slope))
+                   slope=float(m.slope), decoder_bias=plain(m.get("decoder_bias", "data_mean")))
 
     def select_metric(self, samples: int) -> str:
         return f"bound_{samples}"       # the papers select on validation log-likelihood
@@ -149,8 +158,10 @@ class VAE(LatentModel):
     def __init__(self, latent: str = "bernoulli", latent_dim: int = 200, classes: int = 10,
                  hidden: list[int] | tuple[int, ...] = (), kl: str = "analytic",
                  slope: float = 0.3, x_dim: int = 784, objective: str = "elbo",
-                 prior: str = "learned"):
+                 prior: str = "learned", decoder_bias: str = "data_mean"):
         super().__init__()
+        check_decoder_bias(decoder_bias)
+        self.decoder_bias = decoder_bias
         if objective not in OBJECTIVES:
             raise ConfigError(f"model.objective={objective!r} is invalid; accepted: {', '.join(OBJECTIVES)}")
         self.kind = latent
@@ -166,7 +177,11 @@ class VAE(LatentModel):
         add_prior(self, prior, self.latent_shape)
 
     def set_data_mean(self, mean: Tensor) -> None:
-        bias_at_mean_logit(self.decoder[-1], mean)
+        if self.decoder_bias == "data_mean":
+            bias_at_mean_logit(self.decoder[-1], mean)
+        else:                       # zero: the ARM code's (TensorFlow's default bias init)
+            with torch.no_grad():
+                self.decoder[-1].bias.zero_()
 
     # --- the interface -----------------------------------------------------------------------
     def logits(self, x: Tensor) -> Tensor:
@@ -181,6 +196,22 @@ class VAE(LatentModel):
             # (about 2x faster there; for training-sized batches the plain form is faster)
             return F.softplus(out).sum(-1) - torch.einsum("...bd,bd->...b", out, x)
         return (F.softplus(out) - x * out).sum(-1)
+
+    def eval_neg_log_lik(self, z: Tensor, x: Tensor) -> Tensor:
+        """:meth:`neg_log_lik` for evaluation's many samples, at the speed of its matrix products:
+        with a = h W^T + c the decoder's last layer on its input h, -log p(x|z) = sum softplus(a)
+        - h.(x W) - x.c, so the only [S, B, 784] work is the product and the softplus, done in
+        blocks of DECODE_ROWS rows whose output is still in cache when the softplus reads it."""
+        flat = z.reshape(*z.shape[:2], -1)
+        body, last = self.decoder[:-1], self.decoder[-1]
+        xw, xc = x @ last.weight, x @ last.bias                       # [B, H], [B]
+        step = max(1, DECODE_ROWS // max(1, flat.shape[1]))
+        out = flat.new_empty(flat.shape[:2])
+        for s in range(0, flat.shape[0], step):
+            h = body(flat[s:s + step])                                # [s, B, H]
+            a = last(h)                                               # [s, B, 784]
+            out[s:s + step] = F.softplus(a).sum(-1) - (h * xw).sum(-1) - xc
+        return out
 
     def objective(self, x, logits):
         kind = self.kind
@@ -224,7 +255,7 @@ class VAE(LatentModel):
                                         samples, replacement=True, generator=generator)         # [B*n, S]
                 idx = idx.T.reshape(samples, *logits.shape[:-1], 1)
                 z.scatter_(-1, idx, 1.0)
-            nll = self.neg_log_lik(z, xb)                                  # [S, B]
+            nll = self.eval_neg_log_lik(z, xb)                             # [S, B]
             log_w = -nll + log_prob(prior, z, self.kind) - log_prob(logits, z, self.kind)
             elbo = -nll.mean(0) - kl_divergence(logits, prior, self.kind)
             out["elbo"].append(elbo)
