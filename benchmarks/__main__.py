@@ -53,7 +53,8 @@ NOTES = {
              "K backward passes accumulating the same moments; speedup = loop / batched.",
     "eval": "seconds of the test bound over the test images; speedup = plain / harness; "
             "products_s: the bare matrix products of the bound (encoder on every image, decoder on "
-            "every latent sample); vs_products = harness / products (target <= 1.5).",
+            "every latent sample), interleaved with the harness in 3 rounds after a one-chunk warm-up, "
+            "medians; vs_products = harness / products (target <= 1.5).",
     "startup": "median wall seconds of a new process, 3 repeats after one warm-up.",
     "defaults": "wall seconds of whole runs, one each, the default run first; diagnostics_s: the "
                 "probes' time (summary.json), report_s: the report's (run.log); overhead: "
@@ -146,7 +147,7 @@ def cases(name: str, device: str, quick: bool, repeats: int) -> list[dict]:
         return out + [{**base, "bench": "probe", "full": True, "samples": 100}]
     if name == "eval":
         return [{**base, "bench": "eval", "samples": 1000, "images": 1000 if quick else 10000,
-                 "repeats": 1}]
+                 "repeats": 3}]
     if name == "replicas":
         from .plain import ESTIMATORS
         sizes = (1, 4) if quick else ((1, 16, 64, 256) if device == "cuda" else (1, 4, 8, 16, 32))

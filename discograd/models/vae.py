@@ -103,6 +103,16 @@ def kl_divergence(logits: Tensor, prior_logits: Tensor, kind: str) -> Tensor:
     return (logq.exp() * (logq - logp)).sum((-1, -2))
 
 
+def log_prior_ratio(z: Tensor, prior: Tensor, logits: Tensor, kind: str) -> Tensor:
+    """log p(z) - log q(z) for samples z [S, B, ...] -> [S, B]. Bernoulli: with log Bern(z; a) =
+    z.a - sum softplus(a), the ratio is z.(prior - logits) plus a per-example constant, so the
+    softplus is taken over [B, n], not over all S samples."""
+    if kind != "bernoulli":
+        return log_prob(prior, z, kind) - log_prob(logits, z, kind)
+    const = (F.softplus(logits) - F.softplus(prior)).flatten(1).sum(-1)           # [B]
+    return torch.einsum("sbk,bk->sb", z.flatten(2), (prior - logits).flatten(1)) + const
+
+
 @register
 class VAE(LatentModel):
     """``model=vae``: this class with one stochastic layer; :meth:`from_config` builds the
@@ -256,7 +266,7 @@ class VAE(LatentModel):
                 idx = idx.T.reshape(samples, *logits.shape[:-1], 1)
                 z.scatter_(-1, idx, 1.0)
             nll = self.eval_neg_log_lik(z, xb)                             # [S, B]
-            log_w = -nll + log_prob(prior, z, self.kind) - log_prob(logits, z, self.kind)
+            log_w = -nll + log_prior_ratio(z, prior, logits, self.kind)
             elbo = -nll.mean(0) - kl_divergence(logits, prior, self.kind)
             out["elbo"].append(elbo)
             out["loss"].append(-elbo)
