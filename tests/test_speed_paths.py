@@ -152,6 +152,16 @@ def test_training_path_imports_no_dynamo_pandas_or_matplotlib(tmp_path):
     assert "IMPORTED []" in r.stdout, r.stdout + r.stderr
 
 
+def test_help_imports_no_torch():
+    """``python run.py --help`` reads the config files only: no torch (2 s of start-up)."""
+    code = ("import sys, runpy; sys.argv = ['run.py', '--help']; "
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "try:\n    runpy.run_path('run.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('TORCH', 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert "TORCH False" in r.stdout and "estimator=NAME" in r.stdout, r.stdout + r.stderr
+
+
 def test_benchmark_cases_run_and_results_keep_other_sections(tmp_path):
     """The benchmark module works end to end on the toy (numbers are not checked: timings belong
     to benchmarks/results, not to tests), and rewriting one section keeps the others."""

@@ -22,8 +22,6 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from discograd.models import MODELS
-
 
 class Device(Enum):
     auto = "auto"
@@ -210,7 +208,9 @@ def register_configs() -> None:
     register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
+    # here, not at the top: `python run.py --help` reads this module and must not import torch
     from discograd.estimators import REGISTRY, config_schema
+    from discograd.models import MODELS
     for name, cls in REGISTRY.items():
         cs.store(group="schema/estimator", name=name, node=config_schema(cls))
     for name, cls in MODELS.items():
