@@ -250,3 +250,51 @@ def test_reproduce_runs_and_writes_the_side_by_side_table(tmp_path):
                          "--set", "preset.deviations=[a test deviation]"],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0 and "nothing to do" in r2.stderr + r2.stdout
+
+
+def _reproduce(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "analysis.reproduce", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_a_pilot_chooses_each_estimators_grid_point_for_the_full_runs(tmp_path):
+    """--pilot DIR: a finished pilot sweep's validation selection (its own results table) picks
+    one grid point per estimator; the full runs use only that point, and reproduction.md says so.
+    A small VAE on real MNIST, 40 steps, learning rates 0.01 and 1e-6 (the pilot must pick 0.01)."""
+    small = ["--set", "model.latent_dim=8", "--set", "train.batch_size=20", "--set", "eval.samples=3",
+             "--set", "eval.final_samples=0", "--set", "diagnostics.every=0"]
+    pilot = tmp_path / "pilot"
+    r = _reproduce("jang2016_bernoulli", "--budget", "0.0004", "--evals", "2", "--seeds", "1",
+                   "--estimators", "st,gumbel", "--grid", "train.lr=0.01,1e-6",
+                   "--grid", "estimator.tau.rate=1e-4,1e-5", "--grid", "estimator.tau.every=500",
+                   "--out", pilot, *small)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = pd.read_csv(pilot / "table.csv").set_index("estimator")
+    assert table.loc["st", "setting"] == "train.lr=0.01"          # 1e-6 barely moves in 40 steps
+    full = tmp_path / "full"
+    r = _reproduce("jang2016_bernoulli", "--budget", "0.0004", "--evals", "2", "--seeds", "2",
+                   "--estimators", "st,gumbel", "--pilot", pilot, "--out", full, *small)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from discograd.analysis.runs import collect
+    runs = collect(full).runs
+    assert len(runs) == 4 and set(runs.status) == {"completed"}
+    ran = pd.read_csv(full / "table.csv").set_index("estimator")
+    for name in ("st", "gumbel"):
+        got = runs[runs["estimator.name"] == name]
+        assert sorted(got.seed) == [0, 1] and got["train.lr"].nunique() == 1
+        # one point ran, and it is the pilot table's selected setting (read off the runs' configs)
+        assert ran.loc[name, "settings"] == 1
+        assert ran.loc[name, "setting"] == table.loc[name, "setting"], name
+    md = (full / "reproduction.md").read_text()
+    assert "chosen by a pilot sweep on validation" in md and str(pilot) in md
+    assert f"  - st: {table.loc['st', 'setting']} (-best.valid/bound_3 " in md
+    assert "over the grid `train.lr` ∈ {0.01, 1e-6}" in md             # the pilot's grid
+    assert json.loads((full / "reproduction.json").read_text())["pilot"]["points"]["st"] == {"train.lr": "0.01"}
+    # refused before any run: another preset's pilot, an estimator the pilot lacks, --grid with it
+    for extra, message in [(["jang2016_categorical"], "ran preset jang2016_bernoulli, not jang2016_categorical"),
+                           (["jang2016_bernoulli", "--estimators", "reinforce"], "estimator reinforce has no runs"),
+                           (["jang2016_bernoulli", "--grid", "train.lr=1"], "--pilot excludes")]:
+        r = _reproduce(*extra, "--pilot", pilot, "--dry-run", timeout=120)
+        assert r.returncode != 0 and message in r.stderr, (extra, r.stderr[-2000:])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm", "slurm_cpu", "slurm_gpu")
+LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm", "slurm", "slurm_cpu", "slurm_gpu")
 
 
 def flat_grid(grid) -> dict[str, list]:
@@ -57,8 +57,10 @@ def scaled(value: int, budget: float) -> int:
 
 def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
          grid_override: dict[str, list], max_evals: int, extra: list[str],
-         replicas: bool = False) -> dict:
-    """Everything the runs need, checked before any starts: per estimator, its overrides."""
+         replicas: bool = False, pilot: Path | None = None) -> dict:
+    """Everything the runs need, checked before any starts: per estimator, its overrides.
+    ``pilot``: a finished pilot sweep of the same preset; each estimator then runs only the grid
+    point that the pilot's validation selection chose (:func:`pilot_points`)."""
     from discograd.estimators import ConfigError
     from discograd.experiment.config import compose_config
     from discograd.experiment.build import validate
@@ -78,6 +80,7 @@ def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
         raise SystemExit(f"reproduce: preset {preset} names no estimators; pass --estimators")
     grid = flat_grid(p.grid)
     grid.update(grid_override)
+    chosen = pilot_points(Path(pilot), preset, names) if pilot is not None else None
     tr = base.train
     steps = scaled(int(tr.steps), budget)
     every = max(scaled(int(tr.eval_every), budget), math.ceil(steps / max(1, max_evals)))
@@ -95,6 +98,8 @@ def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
         except Exception as e:  # noqa: BLE001
             raise SystemExit(f"reproduce: estimator={name} does not compose with {preset}: {e}")
         keys = {k: v for k, v in grid.items() if OmegaConf.select(cfg, k, default=None) is not None}
+        if chosen is not None:            # the pilot's point: one value per key it chose
+            keys = {k: [chosen["points"][name][k]] for k in keys if k in chosen["points"][name]}
         for point in _points(keys):      # every grid point is a valid config, before any run
             try:
                 validate(compose_config([*common, f"estimator={name}", *extra,
@@ -114,7 +119,62 @@ def plan(preset: str, budget: float, seeds: int, estimators: list[str] | None,
                                                   *extra]}
     return {"preset": preset, "budget": budget, "steps": steps, "paper_steps": int(tr.steps),
             "eval_every": every, "probe_every": probe_every,
-            "preset_probe_every": int(base.diagnostics.every), "seeds": seeds, "grid": grid, "jobs": jobs, "cfg": base}
+            "preset_probe_every": int(base.diagnostics.every), "seeds": seeds, "grid": grid, "jobs": jobs,
+            "cfg": base, "pilot": chosen}
+
+
+def pilot_points(pilot: Path, preset: str, names: list[str]) -> dict:
+    """The grid point a finished pilot sweep selects per estimator, on validation, as its own
+    results table does (``tables.select_settings``: the best mean over the pilot's seeds of the
+    best-validation-step metric, among the points whose runs all completed). Returns
+    ``{"points": {name: {key: value}}, "chosen": {name: {"setting", "valid", "metric", "tried",
+    "excluded"}}, "runs": n, "budget", "steps"}``; refuses a pilot of another preset, or one
+    where an estimator has no eligible point."""
+    from .runs import collect, grid_keys
+    from .tables import select_settings, which_model
+    if not pilot.is_dir():
+        raise SystemExit(f"reproduce: --pilot {pilot}: no such folder (a reproduce --out folder)")
+    runs = collect(pilot).runs
+    if runs.empty:
+        raise SystemExit(f"reproduce: --pilot {pilot}: no runs in it")
+    of = set(runs.get("preset.name", []).dropna().astype(str)) if "preset.name" in runs else set()
+    if of != {preset}:
+        raise SystemExit(f"reproduce: --pilot {pilot} ran preset {', '.join(sorted(of)) or 'none'}, "
+                         f"not {preset}")
+    keys = grid_keys(runs)
+    if not keys:
+        raise SystemExit(f"reproduce: --pilot {pilot}: its runs have no grid to choose from")
+    try:
+        chosen = select_settings(runs, keys, which_model(runs))
+    except ValueError as e:
+        raise SystemExit(f"reproduce: --pilot {pilot}: {e}")
+    by_name = {}
+    for (_, label), pick in chosen.items():
+        name = str(runs.loc[runs.label == label, "estimator.name"].iloc[0])
+        if name in by_name:
+            raise SystemExit(f"reproduce: --pilot {pilot}: estimator {name} has several labels "
+                             f"({label}, ...): one grid point per estimator cannot be read off")
+        by_name[name] = pick
+    points, picks = {}, {}
+    for name in names:
+        pick = by_name.get(name)
+        if pick is None or pick["setting"] is None:
+            why = "no runs" if pick is None else f"no grid point whose runs all completed ({pick['excluded']} excluded)"
+            raise SystemExit(f"reproduce: --pilot {pilot}: estimator {name} has {why}; "
+                             f"pilot estimators with a choice: "
+                             f"{', '.join(n for n, q in sorted(by_name.items()) if q['setting'] is not None)}")
+        points[name] = {k: v for k, v in zip(keys, pick["setting"]) if v != ""}
+        picks[name] = {**pick, "setting": points[name]}
+    done = runs[runs.status == "completed"]
+    steps = int(done["train.steps"].max()) if "train.steps" in done and len(done) else None
+    facts = {}
+    record = pilot / "reproduction.json"
+    if record.exists():
+        facts = json.loads(record.read_text())
+    return {"path": str(pilot), "points": points, "chosen": picks, "runs": int(len(runs)),
+            "completed": int(len(done)), "steps": steps, "budget": facts.get("budget"),
+            "grid": facts.get("grid") or {k: sorted(set(map(str, runs[k].dropna()))) for k in keys},
+            "seeds": sorted(int(s) for s in runs["seed"].dropna().unique()) if "seed" in runs else []}
 
 
 def _points(grid: dict[str, list]) -> list[dict]:
@@ -157,8 +217,7 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
                  f"evaluation every {p['eval_every']} steps; the final model is the one reported "
                  "(no validation metric to select a step on).")
              + (f" Gradient diagnostics every {p['probe_every']} steps." if p.get("probe_every") else ""),
-             "- Grid (selected per estimator on validation): " + (", ".join(
-                 f"`{k}` ∈ {{{', '.join(map(str, v))}}}" for k, v in p["grid"].items()) or "none"),
+             *grid_lines(p),
              f"- Published metric: `{pre.metric}`; protocol: {pre.protocol}",
              f"- Runs: {len(runs)} ({', '.join(f'{n} {s}' for s, n in runs.status.value_counts().items())})"
              + (f"; wall time of this command {seconds / 60:.1f} min" if seconds else ""),
@@ -192,7 +251,7 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
              "at": at, "runs": int(len(runs)), "status": {str(k): int(v) for k, v in
                                                           runs.status.value_counts().items()},
              "seconds": seconds, "grid": {k: list(map(str, v)) for k, v in p["grid"].items()},
-             "argv": list(argv)}
+             "argv": list(argv), "pilot": p.get("pilot")}
     (out / "reproduction.json").write_text(json.dumps(facts, indent=1) + "\n")
     if not col.grad_stats.empty:           # the equal-cost view at the last probe, per estimator
         from . import plots
@@ -204,6 +263,30 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
             plots.equal_cost(g).assign(step=int(g.step.max())).to_csv(out / "gradients.csv", index=False)
     table.to_csv(out / "table.csv", index=False)
     return path
+
+
+def grid_lines(p: dict) -> list[str]:
+    """The reproduction.md lines that say how each estimator's hyperparameters were chosen."""
+    def show(g):
+        return ", ".join(f"`{k}` ∈ {{{', '.join(map(str, v))}}}" for k, v in g.items()) or "none"
+    pil = p.get("pilot")
+    if not pil:
+        return ["- Grid (selected per estimator on validation): " + show(p["grid"])]
+    grid = show(pil["grid"])
+    steps = f"{pil['steps']} steps" + (f" (budget {pil['budget']:g})" if pil.get("budget") else "")
+    lines = [f"- Grid point per estimator chosen by a pilot sweep on validation: `{pil['path']}` "
+             f"({pil['completed']} of {pil['runs']} runs completed, {steps}, seeds "
+             f"{', '.join(map(str, pil['seeds']))}), over the grid {grid}; each estimator here "
+             "runs only its chosen point:"]
+    for name, c in pil["chosen"].items():
+        sign = -1.0 if c["metric"].split("/")[-1].startswith(("bound_", "elbo")) else 1.0
+        setting = " ".join(f"{k.split('.', 1)[-1] if k.startswith('estimator.') else k}={v}"
+                           for k, v in c["setting"].items())
+        lines.append(f"  - {name}: {setting} ({'-' if sign < 0 else ''}{c['metric']} "
+                     f"{sign * c['valid']:.2f}, best of {c['tried']} points"
+                     + (f"; {c['excluded']} excluded: a run did not complete" if c["excluded"] else "")
+                     + ")")
+    return lines
 
 
 def selected_runs_of(col, keys: list[str]) -> set[str]:
@@ -275,6 +358,10 @@ def main(argv=None) -> int:
                     help="train without the final K-sample test bound (eval.final_samples=0), then "
                          "compute it only for the runs the validation selection keeps "
                          "(python -m analysis.final_bound --selected)")
+    ap.add_argument("--pilot", default=None, metavar="DIR",
+                    help="a finished pilot sweep of this preset (a reproduce --out folder, e.g. at "
+                         "--budget 0.1 --seeds 1): each estimator runs only the grid point the "
+                         "pilot's validation selection chose; reproduction.md says which")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                     help="an extra config override for every run (repeatable), e.g. diagnostics.every=0")
     a = ap.parse_args(argv)
@@ -283,9 +370,12 @@ def main(argv=None) -> int:
         from discograd.experiment.config import compose_config
         final_samples = int(compose_config([f"+experiment={a.preset}", *a.overrides]).eval.final_samples)
         a.overrides = [*a.overrides, "eval.final_samples=0"]
+    if a.pilot and (a.no_grid or a.grid):
+        raise SystemExit("reproduce: --pilot excludes --no-grid and --grid (the pilot chooses the "
+                         "grid point of each estimator)")
     grid_override = parse_grid_overrides(a.grid)
     p = plan(a.preset, a.budget, a.seeds, a.estimators.split(",") if a.estimators else None,
-             grid_override, a.evals, a.overrides, a.replicas)
+             grid_override, a.evals, a.overrides, a.replicas, a.pilot)
     if a.no_grid:
         for j in p["jobs"].values():
             j["overrides"] = [o for o in j["overrides"] if o.split("=")[0] not in j["grid"]]
