@@ -247,8 +247,10 @@ def test_help_names_the_app_and_every_option_and_no_internal_group():
     assert "schema" not in r.stdout and "powered by Hydra" not in r.stdout
 
 
-@pytest.mark.parametrize("preset, gpus", [("slurm_gpu", 1), ("slurm_cpu", 0)])
-def test_launcher_presets_compose_to_submitit_slurm(preset, gpus):
+@pytest.mark.parametrize("preset, gpus", [("slurm_gpu", 1), ("slurm_cpu", 0), ("slurm", None)])
+def test_launcher_presets_compose_to_our_slurm_launcher(preset, gpus):
+    """slurm, slurm_cpu and slurm_gpu: submitit_slurm's keys, our launcher class (which Hydra
+    accepts only from the hydra_plugins package), requeue on timeout."""
     from hydra import compose, initialize_config_dir
     from discograd.experiment.config import CONFIG_DIR, register_configs
     register_configs()
@@ -256,4 +258,7 @@ def test_launcher_presets_compose_to_submitit_slurm(preset, gpus):
         cfg = compose("config", overrides=[f"hydra/launcher={preset}", "model=toy"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == gpus
+    assert launcher._target_ == "hydra_plugins.discograd_slurm.slurm_launcher.SlurmLauncher"
+    assert launcher.gpus_per_node == gpus and launcher.max_num_timeout == 3
+    from hydra.core.plugins import Plugins
+    assert launcher._target_ in Plugins.instance().class_name_to_class     # Hydra found it

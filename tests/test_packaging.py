@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_wheel_installs_one_top_level_name_and_ships_the_configs(tmp_path):
+def test_the_wheel_installs_discograd_and_its_launcher_and_ships_the_configs(tmp_path):
     try:                                   # build offline when the build backend is installed
         import setuptools  # noqa: F401
         isolation = ["--no-build-isolation"]
@@ -23,7 +23,9 @@ def test_the_wheel_installs_one_top_level_name_and_ships_the_configs(tmp_path):
     wheel, = tmp_path.glob("discograd-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
-    assert {t for t in tops if not t.endswith(".dist-info")} == {"discograd"}, tops
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"discograd", "hydra_plugins"}, tops
+    # Hydra finds launchers only in its namespace package: ours is one subpackage there
+    assert {n.split("/")[1] for n in names if n.startswith("hydra_plugins/")} == {"discograd_slurm"}
     configs = {n for n in names if n.startswith("discograd/configs/")}
     for need in ("config.yaml", "estimator/gumbel.yaml", "model/vae.yaml", "data/mnist.yaml",
                  "experiment/arm2019_linear.yaml", "hydra/launcher/slurm_gpu.yaml"):
@@ -112,7 +114,8 @@ def _modules(package: str) -> list[str]:
 def test_every_module_of_the_package_imports():
     """A module that fails to import (a missing dependency, a cycle at import time) fails here,
     not in a user's run: each module is imported in a fresh interpreter of this environment."""
-    names = _modules("discograd") + _modules("analysis") + _modules("benchmarks")
+    names = (_modules("discograd") + _modules("analysis") + _modules("benchmarks")
+             + _modules("hydra_plugins/discograd_slurm"))
     code = ("import importlib, sys\nbad = []\nfor n in sys.argv[1:]:\n"
             "    try:\n        importlib.import_module(n)\n"
             "    except Exception as e:\n        bad.append(f'{n}: {e!r}')\n"
@@ -128,7 +131,7 @@ def _third_party_imports() -> dict[str, set[str]]:
     standard library and first-party names excluded."""
     first_party = {"discograd", "analysis", "benchmarks", "tests"}
     found: dict[str, set[str]] = {}
-    for package in ("discograd", "analysis", "benchmarks"):
+    for package in ("discograd", "analysis", "benchmarks", "hydra_plugins/discograd_slurm"):
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):

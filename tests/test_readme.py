@@ -11,7 +11,10 @@ How a block is run (README, "Testing the documented commands"):
   is checked to be the one .ci/run runs instead of being run again;
 - the placeholders ``outputs/DATE/TIME.ID`` and ``multirun/DATE/TIME.ID`` stand for the newest
   such folder;
-- a block preceded by ``<!-- readme-test: compose -->`` only illustrates (a SLURM cluster): its
+- a block preceded by ``<!-- readme-test: slurm -->`` runs the same way against a SLURM cluster
+  (the ``slurm_cluster`` fixture: the machine's own or scripts/local-slurm.sh's); such a test is
+  marked ``slurm`` (``python -m pytest -m slurm``, run by .ci/run);
+- a block preceded by ``<!-- readme-test: compose -->`` only illustrates (a GPU cluster): its
   ``run.py`` commands are composed (``--cfg job``; every job of a ``-m`` sweep, launcher
   included) and its ``analysis.reproduce`` commands printed
   (``--dry-run``), not run.
@@ -79,7 +82,8 @@ def script(body: str, mode: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-RUNNABLE = [pytest.param(doc, line, mode, body, id=f"{doc}:{line}")
+RUNNABLE = [pytest.param(doc, line, mode, body, id=f"{doc}:{line}",
+                         marks=[pytest.mark.slurm] if mode == "slurm" else [])
             for doc, line, lang, mode, body in blocks() if lang in ("bash", "sh")]
 
 
@@ -95,8 +99,10 @@ def _summaries(folder: Path) -> list[tuple[Path, dict]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc,line,mode,body", RUNNABLE)
-def test_documented_commands_run_and_end_as_the_text_says(doc, line, mode, body, tmp_path):
-    for name in ("run.py", "analysis"):
+def test_documented_commands_run_and_end_as_the_text_says(doc, line, mode, body, tmp_path, request):
+    if mode == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    for name in ("run.py", "analysis", "scripts"):
         (tmp_path / name).symlink_to(ROOT / name)
     bin_dir = tmp_path / ".bin"
     bin_dir.mkdir()
@@ -147,4 +153,4 @@ def test_every_fence_with_a_command_is_run_or_marked():
     for doc, line, lang, mode, body in blocks():
         if any(c.startswith("python ") for c in commands(body)):
             assert lang in ("bash", "sh", "text"), f"{doc}:{line}: fence '{lang}' holds commands"
-        assert mode in ("run", "compose"), f"{doc}:{line}: unknown marker {mode}"
+        assert mode in ("run", "compose", "slurm"), f"{doc}:{line}: unknown marker {mode}"
