@@ -15,16 +15,21 @@ import math
 import torch
 from torch import Tensor, nn
 
+from discograd.estimators.estimate import scale_grad
+
 
 def step_forward(model, estimator, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, dict]:
     """(surrogate, per-example loss [B], stats) of one minibatch of a non-sequential model.
 
     ``surrogate.backward()`` gives the estimator's gradient of the mean over the batch of E_q[f]
-    plus the gradient of the model's direct terms (e.g. the analytic KL); ``loss`` is detached;
+    plus the gradient of the model's direct terms (e.g. the analytic KL; through the logits
+    multiplied by ``Estimate.direct_scale`` when the estimator sets one); ``loss`` is detached;
     ``u`` holds the estimator's uniforms (``model.noise_shape(estimator, B)``)."""
     logits = model.logits(x)
     est = estimator(logits, model.objective(x, logits), u=u)
-    extra = model.extra_loss(x, logits)
+    # the model's direct terms (the analytic KL) reach the logits scaled as the estimator asks
+    # (1/s under variance normalization: Estimate.direct_scale)
+    extra = model.extra_loss(x, scale_grad(logits, est.direct_scale))
     surrogate, loss = est.surrogate, est.loss
     if extra is not None:
         surrogate = surrogate + extra.mean()

@@ -87,3 +87,42 @@ def test_normalization_settings_are_checked_and_off_by_default():
     from discograd.estimators import build_estimator
     with pytest.raises(discograd.ConfigError, match=r"^estimator\.norm_decay=-0.1 is invalid"):
         build_estimator({"name": "muprop", "normalize": True, "norm_decay": -0.1}, "bernoulli", (3,))
+
+
+@pytest.mark.parametrize("name", ["reinforce", "muprop"])
+@pytest.mark.parametrize("kl", ["analytic", "sampled"])
+def test_the_models_analytic_kl_is_scaled_with_the_score_part(name, kl):
+    """With variance normalization the whole gradient reaching the encoder is scaled by 1/s: a
+    training step (discograd.step.step_forward) gives the logits the estimator's own gradient plus
+    the analytic KL's gradient times 1/s, exactly (same uniforms, nothing updated in eval mode).
+    Left unscaled, the KL would weigh s times more than the reconstruction, a beta-VAE with
+    beta = s, and the encoder collapses to the prior (estimators/normalize.py)."""
+    from discograd.models.vae import VAE
+    from discograd.step import step_forward
+    torch.manual_seed(0)
+    model = VAE(latent_dim=4, x_dim=12, kl=kl, prior="uniform").double()
+    x = torch.bernoulli(torch.full((5, 12), 0.4, dtype=torch.float64))
+    est = discograd.make(name, kind="bernoulli", latent_shape=(4,), normalize=True,
+                         **({"baseline": "ema"} if name == "reinforce" else {})).double()
+    est.signal_var.fill_(16.0)                 # s = 4, from "earlier steps"
+    est.signal_count.fill_(3)
+    est.eval()
+    u = torch.rand(1, 5, 4, dtype=torch.float64)
+    logits = model.logits(x).detach().requires_grad_()
+    model.logits = lambda _x: logits            # the step's logits are this leaf
+    surrogate, _, _ = step_forward(model, est, x, u)
+    step_grad, = torch.autograd.grad(surrogate, logits)
+    own = est(logits, model.objective(x, logits), u=u)
+    assert float(own.direct_scale) == 0.25
+    own_grad, = torch.autograd.grad(own.surrogate, logits)
+    extra = model.extra_loss(x, logits)
+    if kl == "sampled":                          # the KL is inside the signal: nothing to add
+        assert extra is None
+        torch.testing.assert_close(step_grad, own_grad, rtol=0, atol=0)
+        return
+    kl_grad, = torch.autograd.grad(extra.mean(), logits)
+    assert kl_grad.abs().max() > 1e-3
+    torch.testing.assert_close(step_grad, own_grad + kl_grad / 4, rtol=1e-12, atol=1e-12)
+    # without normalization nothing is scaled
+    plain = discograd.make(name, kind="bernoulli", latent_shape=(4,)).double().eval()
+    assert plain(logits, model.objective(x, logits), u=u).direct_scale is None

@@ -26,6 +26,7 @@ def _import_the_rest() -> None:
 
 _import_the_rest()
 from .relaxed import TauSchedule  # noqa: E402
+from .estimate import scale_grad  # noqa: E402
 from .base import settings as _settings  # noqa: E402
 from .arm import ARM, DisARM  # noqa: E402
 from .annealed_st import AnnealedST  # noqa: E402
@@ -93,7 +94,7 @@ def build_estimator(cfg, kind: str, latent_shape) -> Estimator:
 
 __all__ = [
     # making and describing estimators
-    "make", "REGISTRY", "Estimator", "Estimate", "TauSchedule", "ConfigError", "KINDS", "latents_of",
+    "make", "REGISTRY", "Estimator", "Estimate", "scale_grad", "TauSchedule", "ConfigError", "KINDS", "latents_of",
     "build_estimator",
     # every estimator by class name
     "ARM", "ARSM", "AnnealedST", "DisARM", "Exact", "GST", "GumbelRao", "GumbelSoftmax", "MuProp",

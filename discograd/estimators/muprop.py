@@ -59,11 +59,12 @@ class MuProp(SignalNormalizer, Estimator):
         signal = fz.detach() - taylor
         logq = log_prob(logits, z, self.kind)
         analytic = (grad_mu[0] * mu).flatten(1).sum(-1)        # gradient f'(mu)^T d mu: [B]
+        direct = None
         if self.normalize:
             # MuProp-VN (Gu et al. 2016 section 2.2): the residual signal and the analytic term
             # together are the gradient through q, so both are divided by the same s
             scale = self.signal_scale()
             self.update_signal_scale(signal)
-            signal, analytic = signal / scale, analytic / scale
+            signal, analytic, direct = signal / scale, analytic / scale, 1.0 / scale
         surrogate = (signal * logq + fz).mean(0).mean() + analytic.mean()
-        return Estimate(surrogate=surrogate, loss=fz.detach().mean(0))
+        return Estimate(surrogate=surrogate, loss=fz.detach().mean(0), direct_scale=direct)

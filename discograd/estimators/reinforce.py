@@ -113,13 +113,14 @@ class Reinforce(SignalNormalizer, Estimator):
                 b = b + self.net(baseline_input.detach().flatten(1)).squeeze(-1)   # [B] -> [1, B]
             self._update_ema(fz)
         signal = (fz.detach() - b.detach())
+        direct = None
         if self.normalize:                      # estimators/normalize.py: s from earlier steps
             scale = self.signal_scale()
             self.update_signal_scale(signal)
-            signal = signal / scale
+            signal, direct = signal / scale, 1.0 / scale
         surrogate = (signal * logq + fz).mean(0).mean()
         if self.net is not None:
             baseline_loss = (fz.detach() - b).pow(2).mean()
             surrogate = surrogate + baseline_loss
             stats["baseline_loss"] = baseline_loss.detach()
-        return Estimate(surrogate=surrogate, loss=fz.detach().mean(0), stats=stats)
+        return Estimate(surrogate=surrogate, loss=fz.detach().mean(0), stats=stats, direct_scale=direct)
