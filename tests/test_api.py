@@ -131,6 +131,9 @@ def test_the_public_probe_is_the_runners_probe():
     assert len(ours) == len(theirs) == 9
     for got, want in zip(ours.itertuples(index=False), theirs):
         assert [str(v) for v in got] == [str(v) for v in want]
+    # a Python caller's mistake is worded in the function's own arguments
+    with pytest.raises(E.ConfigError, match=r"^samples=1 is invalid: it must be an integer >= 2"):
+        discograd.probe(vae, vae.logits, vae.objective, names, x, samples=1)
 
 
 UNBIASED = sorted(n for n, c in E.REGISTRY.items() if c.unbiased and c.objective == "mean")

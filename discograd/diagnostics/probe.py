@@ -54,7 +54,9 @@ class Probe:
                  samples: int, x: Tensor, seed: int = 0, trained_cfg=None, fit_steps: int = 0,
                  fit_lr: float = 1e-3, fit_batch=None):
         if samples < 2:
-            raise ConfigError(f"diagnostics.samples={samples} is invalid: it must be an integer >= 2")
+            # the runner refuses diagnostics.samples < 2 in its own words first (validate.py)
+            raise ConfigError(f"samples={samples} is invalid: it must be an integer >= 2 (the "
+                              "gradient estimates per probed estimator: a variance needs two)")
         self.model, self.trained, self.reference = model, trained, reference
         self.K, self.x, self.seed = int(samples), x, int(seed)
         self.fit_steps, self.fit_lr = int(fit_steps), float(fit_lr)
