@@ -37,6 +37,9 @@ MESSAGES = [
                                         "model 'toy' minimises E[f]"]),
     (["model=vae", "model.layers=2", "model.kl=analytic"],
      ["model.kl=analytic is invalid with model.layers=2", "accepted: model.kl=sampled"]),
+    # the attention model took a batch larger than its training split as the whole split
+    (["model=attention", "estimator=reinforce", "train.batch_size=60000"],
+     ["train.batch_size=60000 is larger than the training set of data=mnist (50000 examples)"]),
 ]
 
 

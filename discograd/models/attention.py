@@ -75,9 +75,6 @@ class Attention(LatentModel):
     schema = AttentionConfig
     needs_labels = True
     main_metric = "accuracy"
-    # train.batch_size has never been checked against the training split for this model (a larger
-    # batch is the whole split each step); kept as it was
-    checks_batch_size = False
 
     @classmethod
     def check_config(cls, model_cfg, data_cfg) -> None:
