@@ -250,6 +250,23 @@ def test_reproduce_runs_and_writes_the_side_by_side_table(tmp_path):
                          "--set", "preset.deviations=[a test deviation]"],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0 and "nothing to do" in r2.stderr + r2.stdout
+    # the folder's record keeps both invocations: one command, run twice, wall times together
+    record = json.loads((out / "reproduce.json").read_text())
+    assert len(record["history"]) == 2
+    assert "(run 2 times: each run resumes the last)" in (out / "reproduction.md").read_text()
+
+
+def test_the_wall_time_of_several_invocations_counts_side_by_side_ones_once():
+    from discograd.analysis.reproduce import _total, command_lines
+    assert _total([]) is None
+    assert _total([{"argv": [], "seconds": 50.0}]) == 50.0                  # an old record
+    spans = [{"start": 0.0, "end": 100.0}, {"start": 50.0, "end": 120.0},   # side by side
+             {"start": 200.0, "end": 210.0}]                                 # a later session
+    assert _total(spans) == 130.0
+    assert _total([*spans, {"seconds": 5.0}]) == 135.0
+    lines = command_lines([["p", "--estimators", "a"], ["p", "--estimators", "b"]], 3)
+    assert lines[0].startswith("Commands (3 invocations into this folder")
+    assert lines[-1] == "- `python -m analysis.reproduce p --estimators b`"
 
 
 def _reproduce(*args, timeout=600):

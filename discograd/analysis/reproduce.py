@@ -192,7 +192,22 @@ def command(out: Path, name: str, overrides: list[str], launcher: str, jobs: int
             f"hydra.sweep.dir={out / name}", "report.sweep=false", "train.progress=log"]
 
 
-def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | None) -> Path:
+def _total(history: list[dict]) -> float | None:
+    """Wall time of the invocations together: the union of their [start, end] spans (two that ran
+    side by side count once), plus the seconds of any recorded without a span."""
+    if not history:
+        return None
+    spans = sorted((h["start"], h["end"]) for h in history if "start" in h)
+    total = sum(h["seconds"] for h in history if "start" not in h and h.get("seconds") is not None)
+    end = -math.inf
+    for a, b in spans:
+        total += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return total
+
+
+def write_reproduction(out: Path, p: dict, commands: list[list[str]], seconds: float | None,
+                       invocations: int = 1) -> Path:
     """OUT/reproduction.md (and OUT/analysis/: report.md, figures, tidy tables)."""
     from .report import make_report
     from .runs import collect
@@ -207,7 +222,7 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
     pre = p["cfg"].preset
     reduced = p["budget"] < 1
     lines = [f"# Reproduction: `{p['preset']}` — {pre.source}", "",
-             f"Command: `python -m analysis.reproduce {' '.join(shlex.quote(a) for a in argv)}`", "",
+             *command_lines(commands, invocations), "",
              f"- **Budget: {p['budget']:g}** of the paper's steps: {p['steps']} of {p['paper_steps']} "
              + ("(**reduced**: numbers are not comparable to the published ones at face value)"
                 if reduced else "(full)"),
@@ -220,7 +235,8 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
              *grid_lines(p),
              f"- Published metric: `{pre.metric}`; protocol: {pre.protocol}",
              f"- Runs: {len(runs)} ({', '.join(f'{n} {s}' for s, n in runs.status.value_counts().items())})"
-             + (f"; wall time of this command {seconds / 60:.1f} min" if seconds else ""),
+             + (f"; wall time {'of this command' if invocations == 1 else f'of its {invocations} invocations (side by side counted once)'} "
+                f"{seconds / 60:.1f} min" if seconds else ""),
              "", "## Ours next to the published numbers", "", caption(table), "", to_markdown(table),
              "## Deviations from the source (deliberate or unavoidable)", ""]
     lines += [f"- {d}" for d in pre.deviations] or ["- none listed"]
@@ -251,7 +267,8 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
              "at": at, "runs": int(len(runs)), "status": {str(k): int(v) for k, v in
                                                           runs.status.value_counts().items()},
              "seconds": seconds, "grid": {k: list(map(str, v)) for k, v in p["grid"].items()},
-             "argv": list(argv), "pilot": p.get("pilot")}
+             "argv": list(commands[-1]), "commands": [list(c) for c in commands],
+             "invocations": invocations, "pilot": p.get("pilot")}
     (out / "reproduction.json").write_text(json.dumps(facts, indent=1) + "\n")
     if not col.grad_stats.empty:           # the equal-cost view at the last probe, per estimator
         from . import plots
@@ -263,6 +280,19 @@ def write_reproduction(out: Path, p: dict, argv: list[str], seconds: float | Non
             plots.equal_cost(g).assign(step=int(g.step.max())).to_csv(out / "gradients.csv", index=False)
     table.to_csv(out / "table.csv", index=False)
     return path
+
+
+def command_lines(commands: list[list[str]], invocations: int) -> list[str]:
+    """The command that made the folder; or the commands, when several ran into it (estimators
+    apart, or sessions resuming one another)."""
+    def show(c):
+        return f"`python -m analysis.reproduce {' '.join(shlex.quote(a) for a in c)}`"
+    if len(commands) == 1:
+        return [f"Command: {show(commands[0])}" + (f" (run {invocations} times: each run resumes "
+                                                    "the last)" if invocations > 1 else "")]
+    return [f"Commands ({invocations} invocations into this folder, in this order; a rerun "
+            "resumes, so together they ran every run once):", "",
+            *[f"- {show(c)}" for c in commands]]
 
 
 def grid_lines(p: dict) -> list[str]:
@@ -401,16 +431,18 @@ def main(argv=None) -> int:
             print(f"reproduce: phase 2: the {final_samples}-sample test bound of the selected runs",
                   flush=True)
             final_bound([str(out), "--samples", str(final_samples), "--selected"])
-    record = out / "reproduce.json"       # the command that ran the runs, for --report-only
-    if a.report_only and record.exists():
-        ran = json.loads(record.read_text())
-        argv, seconds = ran["argv"], ran["seconds"]
-    else:
-        seconds = None if a.report_only else time.time() - t0
-        if not a.report_only:
-            record.write_text(json.dumps({"argv": argv, "seconds": seconds}))
+    # the commands that ran the runs (for --report-only): a reproduction that spans sessions, or
+    # whose estimators ran as separate commands, sums their wall times and lists each command
+    record = out / "reproduce.json"
+    ran = json.loads(record.read_text()) if record.exists() else {}
+    history = ran.get("history") or ([{"argv": ran["argv"], "seconds": ran["seconds"]}] if ran else [])
+    if not a.report_only:
+        history.append({"argv": argv, "seconds": time.time() - t0, "start": t0, "end": time.time()})
+        record.write_text(json.dumps({"argv": argv, "seconds": _total(history), "history": history}))
+    commands = list(dict.fromkeys(tuple(h["argv"]) for h in history)) or [tuple(argv)]
+    seconds = _total(history)
     try:
-        path = write_reproduction(out, p, argv, seconds)
+        path = write_reproduction(out, p, [list(c) for c in commands], seconds, len(history))
     except FileNotFoundError as e:
         print(f"reproduce: nothing to report: {e}", file=sys.stderr)
         return 1
