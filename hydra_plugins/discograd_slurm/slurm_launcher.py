@@ -20,6 +20,7 @@ plugin's: ``hydra-submitit-launcher`` documents the keys.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -51,6 +52,8 @@ class SlurmLauncher(_HydraSlurm):
                                       for k, v in self.params.items() if k not in _EXECUTOR_KEYS})
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:          # hydra.sweep.mode, as Hydra's launchers
+            os.chmod(sweep_dir, int(str(self.config.hydra.sweep.mode), 8))
         log.info("SLURM sweep of %d job(s) into %s", len(job_overrides), sweep_dir)
         numbers = [initial_job_idx + i for i in range(len(job_overrides))]
         for n, overrides in zip(numbers, job_overrides):
