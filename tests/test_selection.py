@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -309,6 +310,21 @@ def test_a_pilot_chooses_each_estimators_grid_point_for_the_full_runs(tmp_path):
     assert f"  - st: {table.loc['st', 'setting']} (-best.valid/bound_3 " in md
     assert "over the grid `train.lr` ∈ {0.01, 1e-6}" in md             # the pilot's grid
     assert json.loads((full / "reproduction.json").read_text())["pilot"]["points"]["st"] == {"train.lr": "0.01"}
+    # the pilot as committed to docs/results (its record and table, no run folders) chooses the same
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("table.csv", "reproduction.json"):
+        shutil.copy(pilot / name, kept / name)
+    r = _reproduce("jang2016_bernoulli", "--budget", "0.0004", "--evals", "2", "--seeds", "2",
+                   "--estimators", "st,gumbel", "--pilot", kept, "--out", tmp_path / "again",
+                   "--dry-run", *small, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("st", "gumbel"):
+        (line,) = [x for x in r.stdout.splitlines() if f" estimator={name} " in x]
+        words = table.loc[name, "setting"].split()
+        assert all((f" {w} " in line or f" estimator.{w} " in line) for w in words), (words, line)
+    r = _reproduce("jang2016_categorical", "--pilot", kept, "--dry-run", timeout=120)
+    assert r.returncode != 0 and "ran preset jang2016_bernoulli, not jang2016_categorical" in r.stderr
     # refused before any run: another preset's pilot, an estimator the pilot lacks, --grid with it
     for extra, message in [(["jang2016_categorical"], "ran preset jang2016_bernoulli, not jang2016_categorical"),
                            (["jang2016_bernoulli", "--estimators", "reinforce"], "estimator reinforce has no runs"),

@@ -134,9 +134,16 @@ def pilot_points(pilot: Path, preset: str, names: list[str]) -> dict:
     from .tables import select_settings, which_model
     if not pilot.is_dir():
         raise SystemExit(f"reproduce: --pilot {pilot}: no such folder (a reproduce --out folder)")
-    runs = collect(pilot).runs
-    if runs.empty:
-        raise SystemExit(f"reproduce: --pilot {pilot}: no runs in it")
+    if not any(pilot.rglob(".hydra/config.yaml")) and (pilot / "table.csv").exists() \
+            and (pilot / "reproduction.json").exists():
+        return pilot_from_record(pilot, preset, names)
+    try:
+        runs = collect(pilot).runs
+    except FileNotFoundError:
+        runs = None
+    if runs is None or runs.empty:
+        raise SystemExit(f"reproduce: --pilot {pilot}: no runs in it (nor a committed table.csv "
+                         "and reproduction.json of one)")
     of = set(runs.get("preset.name", []).dropna().astype(str)) if "preset.name" in runs else set()
     if of != {preset}:
         raise SystemExit(f"reproduce: --pilot {pilot} ran preset {', '.join(sorted(of)) or 'none'}, "
@@ -175,6 +182,48 @@ def pilot_points(pilot: Path, preset: str, names: list[str]) -> dict:
             "completed": int(len(done)), "steps": steps, "budget": facts.get("budget"),
             "grid": facts.get("grid") or {k: sorted(set(map(str, runs[k].dropna()))) for k in keys},
             "seeds": sorted(int(s) for s in runs["seed"].dropna().unique()) if "seed" in runs else []}
+
+
+def pilot_from_record(pilot: Path, preset: str, names: list[str]) -> dict:
+    """:func:`pilot_points` from a pilot's committed record alone (``reproduction.json`` and
+    ``table.csv``, as in docs/results/pilots/): the run folders are not kept in git, and the
+    table already holds each estimator's selected setting, as ``key=value`` words whose keys drop
+    the ``estimator.`` prefix; the record's grid gives the full keys back."""
+    import pandas as pd
+    facts = json.loads((pilot / "reproduction.json").read_text())
+    if facts.get("preset") != preset:
+        raise SystemExit(f"reproduce: --pilot {pilot} ran preset {facts.get('preset') or 'none'}, "
+                         f"not {preset}")
+    grid = facts.get("grid") or {}
+    table = pd.read_csv(pilot / "table.csv", keep_default_na=False)
+    table = table[table["at"] == "best"] if "at" in table else table
+    have = sorted(set(table.estimator) & {n for n in table.estimator if table.setting[table.estimator == n].iloc[0]})
+    points, picks = {}, {}
+    for name in names:
+        row = table[table.estimator == name]
+        if len(row) != 1 or not row.setting.iloc[0]:
+            why = "no runs" if row.empty else "no selected grid point"
+            raise SystemExit(f"reproduce: --pilot {pilot}: estimator {name} has {why}; "
+                             f"pilot estimators with a choice: {', '.join(have)}")
+        row = row.iloc[0]
+        point = {}
+        for word in str(row.setting).split():
+            key, value = word.split("=", 1)
+            full = key if key in grid else f"estimator.{key}"
+            if full not in grid:
+                raise SystemExit(f"reproduce: --pilot {pilot}: table.csv's setting {word} for "
+                                 f"{name} names no key of its grid ({', '.join(grid)})")
+            point[full] = value
+        on = str(row["selected on"]).split(" (")[0]                # e.g. -best.valid/bound_100
+        metric, sign = (on[1:], -1.0) if on.startswith("-") else (on, 1.0)
+        points[name] = point
+        picks[name] = {"setting": point, "valid": sign * float(row["valid"]), "metric": metric,
+                       "tried": int(row["settings"]), "excluded": 0}
+    completed = int((facts.get("status") or {}).get("completed", 0))
+    return {"path": str(pilot), "points": points, "chosen": picks,
+            "runs": int(sum((facts.get("status") or {}).values())), "completed": completed,
+            "steps": facts.get("steps"), "budget": facts.get("budget"), "grid": grid,
+            "seeds": list(range(int(facts.get("seeds") or 0)))}
 
 
 def _points(grid: dict[str, list]) -> list[dict]:
@@ -297,6 +346,7 @@ def command_lines(commands: list[list[str]], invocations: int) -> list[str]:
 
 def grid_lines(p: dict) -> list[str]:
     """The reproduction.md lines that say how each estimator's hyperparameters were chosen."""
+    from .tables import _describe, positive_nats
     def show(g):
         return ", ".join(f"`{k}` ∈ {{{', '.join(map(str, v))}}}" for k, v in g.items()) or "none"
     pil = p.get("pilot")
@@ -309,9 +359,8 @@ def grid_lines(p: dict) -> list[str]:
              f"{', '.join(map(str, pil['seeds']))}), over the grid {grid}; each estimator here "
              "runs only its chosen point:"]
     for name, c in pil["chosen"].items():
-        sign = -1.0 if c["metric"].split("/")[-1].startswith(("bound_", "elbo")) else 1.0
-        setting = " ".join(f"{k.split('.', 1)[-1] if k.startswith('estimator.') else k}={v}"
-                           for k, v in c["setting"].items())
+        sign = -1.0 if positive_nats(c["metric"]) else 1.0
+        setting = _describe(list(c["setting"]), tuple(c["setting"].values()))
         lines.append(f"  - {name}: {setting} ({'-' if sign < 0 else ''}{c['metric']} "
                      f"{sign * c['valid']:.2f}, best of {c['tried']} points"
                      + (f"; {c['excluded']} excluded: a run did not complete" if c["excluded"] else "")
@@ -331,7 +380,7 @@ def convergence_table(col, keys: list[str]):
     table shows it (bounds as positive nats), and its change per 1000 steps (``convergence.csv``)."""
     import pandas as pd
     from .report import selected_runs
-    from .tables import which_model
+    from .tables import positive_nats, which_model
     ids = selected_runs(col.runs, keys, which_model(col.runs)) if keys else set(col.runs.run)
     split = "valid" if (col.metrics.split == "valid").any() else "test"
     m = col.metrics[col.metrics.run.isin(ids) & (col.metrics.split == split)]
@@ -343,7 +392,7 @@ def convergence_table(col, keys: list[str]):
         if len(steps) < 2:
             continue
         a, b = steps[-2], steps[-1]
-        sign = -1.0 if name.startswith(("bound_", "elbo")) else 1.0     # bounds as positive nats
+        sign = -1.0 if positive_nats(name) else 1.0                     # bounds as positive nats
         va, vb = sign * g[g.step == a].value.mean(), sign * g[g.step == b].value.mean()
         rows.append({"estimator": label, "metric": f"{split}/{'-' if sign < 0 else ''}{name}",
                      "nats": sign < 0, "step": int(a), "value": float(va), "last step": int(b),

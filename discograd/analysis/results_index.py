@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from .tables import column_decimals
+from .tables import column_decimals, positive_nats
 
 OTHER = [("layered.md", "latents in layers: short single-seed runs of every estimator on the "
                         "two-layer VAE and the Bernoulli and categorical SBN"),
@@ -62,7 +61,7 @@ class Section:
         metric = str(self.facts["metric"]).split()[0]          # e.g. test/bound_1000
         name = metric.split("/", 1)[1]
         self.col = f"test -{name}" if name.startswith("bound_") else f"test {name}"
-        self.nats = name.startswith(("bound_", "elbo"))
+        self.nats = positive_nats(name)
         self.unit = " nats" if self.nats else ""
         self.d = column_decimals(self.table[f"{self.col} mean"],
                                  self.table.get(f"{self.col} ci95", pd.Series(dtype=float)))

@@ -106,6 +106,12 @@ def _setting(row: pd.Series, keys: list[str]) -> tuple:
     return tuple(_value(row.get(k)) for k in keys)
 
 
+def positive_nats(metric: str) -> bool:
+    """Whether ``metric`` (``split/name`` or a bare name) is a bound or an ELBO: the tables show
+    those negated, as positive nats."""
+    return metric.split("/")[-1].startswith(("bound_", "elbo"))
+
+
 def _describe(keys: list[str], setting: tuple) -> str:
     return " ".join(f"{k.split('.', 1)[-1] if k.startswith('estimator.') else k}={v}"
                     for k, v in zip(keys, setting) if v != "")
@@ -167,7 +173,7 @@ def results_table(runs: pd.DataFrame, at: str = "auto", keys: list[str] | None =
                "settings": pick["tried"]}
         if keys:
             # shown as the table shows its metrics: bounds and ELBOs as positive nats
-            sign = -1.0 if pick["metric"].split("/")[-1].startswith(("bound_", "elbo")) else 1.0
+            sign = -1.0 if positive_nats(pick["metric"]) else 1.0
             row["selected on"] = (f"{'-' if sign < 0 else ''}{pick['metric']} (mean over seeds"
                                   + (", positive nats)" if sign < 0 else ")"))
             row["valid"] = sign * pick["valid"]
