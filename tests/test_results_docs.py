@@ -91,6 +91,10 @@ def test_sentences_follow_the_data(tmp_path):
     assert "it got worse for annealed_st" in text
     assert "above its published counterpart, by 6.50 to 9.00 nats" in text   # 108.0 - 101.5, 116.8 - 107.8
     assert "gumbel has the best mean (108.00 nats); annealed_st is significantly behind it" in text
+    assert "falls inside our 95 % interval for no estimator; outside it for gumbel and annealed_st (ours worse)" in text
+    write_folder(tmp_path / "c" / "x", [("gumbel", 101.6, 10000), ("st", 107.0, 10000)], [-0.5, -0.4])
+    text = results_index.render(tmp_path / "c")   # 101.5 within 101.6 ± 0.2; 107.8 above 107.0 ± 0.2
+    assert "falls inside our 95 % interval for gumbel; outside it for st (ours better)." in text
     write_folder(tmp_path / "b" / "x", [("gumbel", 108.0, 10000), ("st", 110.0, 10000)], [-0.5, -0.4])
     text = results_index.render(tmp_path / "b")
     assert "For every estimator the best validation step is the last one (step 10000)" in text

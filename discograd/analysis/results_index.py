@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -133,6 +134,7 @@ class Section:
                            f"numbers {', '.join(theirs)}, ties kept in our order ({len(flipped)} of "
                            f"{len(pairs)} pairs in the other "
                            f"order: {_join([f'{a}/{b}' for a, b in flipped])}).")
+            out.append(self.inside(pub))
             gap = pub[m] - pub["published"]
             if (gap > 0).all() and not self.higher:
                 out.append(f"Every one of our numbers is above its published counterpart, by "
@@ -184,6 +186,31 @@ class Section:
                            f"{_join(list(biased_unresolved.estimator))} (bias² below its noise "
                            "floor), so the MSE ranking counts none for them: a lower limit.")
         return out
+
+    def inside(self, pub: pd.DataFrame) -> str:
+        """Row by row: whether each published number falls inside our 95 % interval, and where
+        it does not, on which side (ours worse or better)."""
+        m, ci = f"{self.col} mean", f"{self.col} ci95"
+        inside, worse, better, open_ = [], [], [], []
+        for _, r in pub.iterrows():
+            half = r.get(ci)
+            if pd.isna(half) or not math.isfinite(half):
+                open_.append(r.estimator)
+            elif abs(r[m] - r["published"]) <= half:
+                inside.append(r.estimator)
+            elif (r[m] < r["published"]) == self.higher:
+                worse.append(r.estimator)
+            else:
+                better.append(r.estimator)
+        s = ("The published number falls inside our 95 % interval for "
+             + (_join(inside) if inside else "no estimator"))
+        outside = ([f"{_join(worse)} (ours worse)"] if worse else []) + \
+                  ([f"{_join(better)} (ours better)"] if better else [])
+        if outside:
+            s += "; outside it for " + " and ".join(outside)
+        if open_:
+            s += f"; {_join(open_)} {'has' if len(open_) == 1 else 'have'} no interval (one seed)"
+        return s + "."
 
     def lines(self) -> list[str]:
         f = self.facts
