@@ -197,7 +197,7 @@ def pilot_from_record(pilot: Path, preset: str, names: list[str]) -> dict:
     grid = facts.get("grid") or {}
     table = pd.read_csv(pilot / "table.csv", keep_default_na=False)
     table = table[table["at"] == "best"] if "at" in table else table
-    have = sorted(set(table.estimator) & {n for n in table.estimator if table.setting[table.estimator == n].iloc[0]})
+    have = sorted(set(table.estimator[table.setting != ""]))
     points, picks = {}, {}
     for name in names:
         row = table[table.estimator == name]
