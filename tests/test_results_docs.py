@@ -98,3 +98,21 @@ def test_sentences_follow_the_data(tmp_path):
     write_folder(tmp_path / "b" / "x", [("gumbel", 108.0, 10000), ("st", 110.0, 10000)], [-0.5, -0.4])
     text = results_index.render(tmp_path / "b")
     assert "For every estimator the best validation step is the last one (step 10000)" in text
+
+
+def test_a_section_links_its_committed_run_folders(tmp_path):
+    """A table whose command's --out holds completed run folders in the repository links them;
+    one whose runs were not committed does not claim any."""
+    results = tmp_path / "repo" / "docs" / "results"
+    for name in ("kept", "gone"):
+        write_folder(results / name, [("gumbel", 108.0, 10000), ("st", 110.0, 10000)], [-0.5, -0.4])
+        facts = json.loads((results / name / "reproduction.json").read_text())
+        facts["argv"] = ["demo", "--seeds", "3", "--out", f"reproductions/{name}-b1-s3"]
+        (results / name / "reproduction.json").write_text(json.dumps(facts))
+    run = tmp_path / "repo" / "reproductions" / "kept-b1-s3" / "st" / "0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    text = results_index.render(results)
+    assert ("Its run folders (configs, logs, metrics; no checkpoints): "
+            "[reproductions/kept-b1-s3](../../reproductions/kept-b1-s3).") in text
+    assert text.count("Its run folders") == 1

@@ -7,7 +7,9 @@ A reproduction folder is what ``python -m analysis.reproduce ... --out FOLDER`` 
 these files are committed: ``reproduction.json`` (budget, steps, seeds, runs, wall time),
 ``table.csv`` (ours, published, significance marks, best step), ``convergence.csv`` (the evaluated
 metric at the last two evaluations) and, with gradient diagnostics, ``gradients.csv`` (variance,
-bias², MSE and MSE x evals at the last probe). Hand-written context goes in ``DIR/notes.md``,
+bias², MSE and MSE x evals at the last probe). Where FOLDER's run folders are committed too (the
+command's ``--out``, relative to the repository that holds DIR: configs, logs, metrics and
+summary.json, never checkpoints), the section links them. Hand-written context goes in ``DIR/notes.md``,
 which is copied in verbatim and may state no number (tests/test_results_docs.py checks both that
 and that README.md is what this module writes from the committed files).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -212,13 +215,30 @@ class Section:
             s += f"; {_join(open_)} {'has' if len(open_) == 1 else 'have'} no interval (one seed)"
         return s + "."
 
+    def runs_folder(self) -> Path | None:
+        """The run folders behind this table, where they are committed: the ``--out`` of its
+        command, relative to the repository holding ``docs/results/<folder>`` (None otherwise)."""
+        argv = [str(a) for a in self.facts.get("argv") or []]
+        parents = self.folder.resolve().parents
+        if "--out" not in argv[:-1] or len(parents) < 3:
+            return None
+        runs = parents[2] / argv[argv.index("--out") + 1]
+        return runs if any(runs.glob("*/*/summary.json")) else None
+
     def lines(self) -> list[str]:
         f = self.facts
+        runs = self.runs_folder()
+        where = ""
+        if runs is not None:
+            link = Path(os.path.relpath(runs, self.folder.parent)).as_posix()
+            where = (f" Its run folders (configs, logs, metrics; no checkpoints): "
+                     f"[{Path(os.path.relpath(runs, self.folder.parents[2])).as_posix()}]({link}).")
         st = ", ".join(f"{n} {k}" for k, n in sorted(f["status"].items()))
         return [f"### `{f['preset']}`", "", f"{str(f['source']).rstrip('.')}. Budget {f['steps']} of the paper's "
                 f"{f['paper_steps']} steps ({_pct(f['budget'])}), seeds 0 to {f['seeds'] - 1}, "
                 f"{f['runs']} runs ({st}), {_duration(f.get('seconds'))} on this project's CPU. "
-                f"Details: [{self.folder.name}/reproduction.md]({self.folder.name}/reproduction.md).",
+                f"Details: [{self.folder.name}/reproduction.md]({self.folder.name}/reproduction.md)."
+                + where,
                 "", *self.table_lines(), "", *[f"- {s}" for s in self.sentences()], ""]
 
 
@@ -228,8 +248,10 @@ def render(root: Path) -> str:
              "<!-- written by `python -m analysis.results_index docs/results` from the committed "
              "files of each folder; edit notes.md or the generator, not this page -->", "",
              "Each folder was written by the `python -m analysis.reproduce` command quoted at the "
-             "top of its `reproduction.md`: the report, figures and tables of the runs. Run folders "
-             "(checkpoints, logs) are not committed; rerunning the command makes them again. This "
+             "top of its `reproduction.md`: the report, figures and tables of the runs. Checkpoints "
+             "are never committed; where a table's run folders are (configs, logs, metrics), its "
+             "section links them and rerunning its command finds every run complete; elsewhere "
+             "rerunning the command makes them again. This "
              "page is written from each folder's `reproduction.json`, `table.csv`, "
              "`convergence.csv` and `gradients.csv`: every number below is read from them.", "",
              "| table | budget | seeds | runs | wall time | folder |", "|---|---|---|---|---|---|",
