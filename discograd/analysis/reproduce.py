@@ -488,6 +488,17 @@ def main(argv=None) -> int:
     if not a.report_only:
         history.append({"argv": argv, "seconds": time.time() - t0, "start": t0, "end": time.time()})
         record.write_text(json.dumps({"argv": argv, "seconds": _total(history), "history": history}))
+    if p.get("pilot"):
+        # the table shows every estimator in OUT, those of earlier invocations too (--estimators
+        # split across commands): name the pilot's choice for each, not only this command's
+        shown = [n for n in dict.fromkeys([*(p["cfg"].preset.get("estimators") or []), *p["jobs"],
+                                           *sorted(d.parent.name for d in out.glob("*/multirun.yaml"))])
+                 if n in p["jobs"] or (out / n / "multirun.yaml").exists()]
+        if set(shown) != set(p["jobs"]):
+            try:
+                p["pilot"] = pilot_points(Path(a.pilot), a.preset, shown)
+            except SystemExit:          # one the pilot did not run (ran without --pilot): as planned
+                pass
     commands = list(dict.fromkeys(tuple(h["argv"]) for h in history)) or [tuple(argv)]
     seconds = _total(history)
     try:
