@@ -491,9 +491,9 @@ def main(argv=None) -> int:
     if p.get("pilot"):
         # the table shows every estimator in OUT, those of earlier invocations too (--estimators
         # split across commands): name the pilot's choice for each, not only this command's
+        ran = set(p["jobs"]) | {d.parent.name for d in out.glob("*/multirun.yaml")}
         shown = [n for n in dict.fromkeys([*(p["cfg"].preset.get("estimators") or []), *p["jobs"],
-                                           *sorted(d.parent.name for d in out.glob("*/multirun.yaml"))])
-                 if n in p["jobs"] or (out / n / "multirun.yaml").exists()]
+                                           *sorted(ran)]) if n in ran]
         if set(shown) != set(p["jobs"]):
             try:
                 p["pilot"] = pilot_points(Path(a.pilot), a.preset, shown)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -215,24 +214,22 @@ class Section:
             s += f"; {_join(open_)} {'has' if len(open_) == 1 else 'have'} no interval (one seed)"
         return s + "."
 
-    def runs_folder(self) -> Path | None:
+    def runs_folder(self) -> str | None:
         """The run folders behind this table, where they are committed: the ``--out`` of its
         command, relative to the repository holding ``docs/results/<folder>`` (None otherwise)."""
         argv = [str(a) for a in self.facts.get("argv") or []]
         parents = self.folder.resolve().parents
         if "--out" not in argv[:-1] or len(parents) < 3:
             return None
-        runs = parents[2] / argv[argv.index("--out") + 1]
-        return runs if any(runs.glob("*/*/summary.json")) else None
+        out = argv[argv.index("--out") + 1]
+        return out if any((parents[2] / out).glob("*/*/summary.json")) else None
 
     def lines(self) -> list[str]:
         f = self.facts
         runs = self.runs_folder()
         where = ""
-        if runs is not None:
-            link = Path(os.path.relpath(runs, self.folder.parent)).as_posix()
-            where = (f" Its run folders (configs, logs, metrics; no checkpoints): "
-                     f"[{Path(os.path.relpath(runs, self.folder.parents[2])).as_posix()}]({link}).")
+        if runs is not None:               # README.md is two folders below the repository
+            where = f" Its run folders (configs, logs, metrics; no checkpoints): [{runs}](../../{runs})."
         st = ", ".join(f"{n} {k}" for k, n in sorted(f["status"].items()))
         return [f"### `{f['preset']}`", "", f"{str(f['source']).rstrip('.')}. Budget {f['steps']} of the paper's "
                 f"{f['paper_steps']} steps ({_pct(f['budget'])}), seeds 0 to {f['seeds'] - 1}, "
