@@ -271,3 +271,21 @@ def test_report_wording():
     assert text.index("| st |") < text.index("| disarm |")
     assert "st is biased, but this reference cannot resolve its bias" in text
     assert "disarm is biased" not in text
+
+
+def test_validation_panel_leaves_out_a_step_0_point_that_would_squeeze_it(drawn, tmp_path):
+    """An untrained VAE's bound is far above where training ends: the panel starts after step 0
+    and its label gives the step-0 value; when step 0 is close to the rest, it is drawn."""
+    m = metrics_for(["st", "gumbel"])
+    valid = (m.split == "valid") & (m.metric == "bound_20")
+    m.loc[valid & (m.step == 0), "value"] = -500.0          # 325 above the rest (175..150)
+    plots.training_curves(m, tmp_path, "vae", "step")
+    ax = visible_axes(drawn[0])[-1]
+    assert ax.get_ylabel() == "valid −bound_20 (nats)\nstep 0 (untrained, 500) not drawn"
+    drawn_lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    assert drawn_lines and all(min(ln.get_xdata()) == 500 for ln in drawn_lines)
+    assert ax.get_ylim()[1] < 200
+    plots.training_curves(metrics_for(["st", "gumbel"]), tmp_path, "vae", "step")
+    ax = visible_axes(drawn[1])[-1]
+    assert "not drawn" not in ax.get_ylabel()
+    assert all(min(ln.get_xdata()) == 0 for ln in ax.get_lines() if not ln.get_label().startswith("_"))

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +269,31 @@ def test_the_wall_time_of_several_invocations_counts_side_by_side_ones_once():
     lines = command_lines([["p", "--estimators", "a"], ["p", "--estimators", "b"]], 3)
     assert lines[0].startswith("Commands (3 invocations into this folder")
     assert lines[-1] == "- `python -m analysis.reproduce p --estimators b`"
+
+
+def test_a_killed_reproduce_command_still_counts_until_its_last_heartbeat(tmp_path):
+    """The record is written at the start and rewritten as the command runs: a command killed
+    part-way (SIGKILL, as at a session's end) keeps its entry, and one beside it keeps its own."""
+    from discograd.analysis.reproduce import _Heartbeat, record_invocation
+    record = tmp_path / "reproduce.json"
+    code = ("import sys, time; from pathlib import Path; "
+            "from discograd.analysis.reproduce import _Heartbeat; "
+            "h = _Heartbeat(Path(sys.argv[1]), ['killed'], every=0.1).__enter__(); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(record)], cwd=ROOT)
+    try:
+        with _Heartbeat(record, ["beside"], every=0.1):
+            deadline = time.time() + 60
+            while time.time() < deadline and not any(
+                    h["argv"] == ["killed"] and h["seconds"] > 1.0 for h in record_invocation(record)):
+                time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    history = record_invocation(record)
+    assert sorted(h["argv"][0] for h in history) == ["beside", "killed"]
+    killed = next(h for h in history if h["argv"] == ["killed"])
+    assert killed["end"] - killed["start"] == pytest.approx(killed["seconds"]) and killed["seconds"] > 1.0
+    assert json.loads(record.read_text())["seconds"] >= killed["seconds"]
 
 
 def _reproduce(*args, timeout=600):

@@ -183,6 +183,22 @@ def training_time(metrics: pd.DataFrame) -> tuple[pd.Series, str]:
     return out, "training time (s)"
 
 
+def _without_untrained_outlier(d: pd.DataFrame, ylabel: str) -> tuple[pd.DataFrame, str]:
+    """The validation rows without step 0 when the untrained model's value would take more than
+    half the panel's height (a VAE's step-0 bound is ~100 nats above where every estimator ends,
+    which squeezes the differences the figure is for into a few pixels), and the axis label,
+    which then gives the step-0 values: nothing is hidden."""
+    first, later = d[d["step"] == 0], d[d["step"] > 0]
+    if first.empty or later.empty:
+        return d, ylabel
+    means = later.groupby(["label", "step"])["value"].mean()
+    top = first.groupby("label")["value"].mean()
+    if not top.max() - means.max() > means.max() - means.min():
+        return d, ylabel
+    a, b = f"{top.min():.4g}", f"{top.max():.4g}"
+    return later, f"{ylabel}\nstep 0 (untrained, {a if a == b else f'{a} to {b}'}) not drawn"
+
+
 def training_curves(metrics: pd.DataFrame, out: Path, model: str, against: str = "step",
                     optimum: float | None = None, styles: dict | None = None) -> list[Path]:
     """Panels against steps, training seconds or f-evaluations per example (``against``:
@@ -190,7 +206,8 @@ def training_curves(metrics: pd.DataFrame, out: Path, model: str, against: str =
     optimises (``train/loss``: not one quantity for all, so each legend entry says which), the
     quantity common to all (``train/hard_loss``: the model's loss at exact samples on the training
     batch; the toy's exact E[f], with a line at ``optimum``), and the validation bound the table
-    selects on (not for the toy: its test/exact_loss is the common panel's quantity again)."""
+    selects on (not for the toy: its test/exact_loss is the common panel's quantity again),
+    without its step-0 point when that point would squeeze the rest (the panel says so)."""
     own = metrics[(metrics.split == "train") & (metrics.metric == "loss")]
     own = own.assign(label=own["label"].map(lambda lab: f"{lab}: {loss_quantity(lab)}"))
     common = metrics[(metrics.split == "train") & (metrics.metric == "hard_loss")]
@@ -224,6 +241,8 @@ def training_curves(metrics: pd.DataFrame, out: Path, model: str, against: str =
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 2.8), squeeze=False)
     axes = axes[0]
     for ax, (d, ylabel, kind) in zip(axes, panels):
+        if kind == "progress":
+            d, ylabel = _without_untrained_outlier(d, ylabel)
         for lab in labels:
             key = f"{lab}: {loss_quantity(lab)}" if kind == "own" else lab
             dl = d[d.label == key]

@@ -15,8 +15,10 @@ import argparse
 import json
 import math
 import shlex
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -255,6 +257,55 @@ def _total(history: list[dict]) -> float | None:
     return total
 
 
+def record_invocation(record: Path, entry: dict | None = None) -> list[dict]:
+    """The invocations recorded in OUT/reproduce.json, after adding ``entry`` or replacing its
+    earlier version (same start and pid): a running command rewrites its own entry as it goes,
+    so a command killed part-way (a session's end) still counts up to its last write. Under a
+    lock, written atomically: two commands into one OUT side by side keep both entries."""
+    from discograd.files import lock, write_json
+
+    def read() -> list[dict]:
+        ran = json.loads(record.read_text()) if record.exists() else {}
+        return ran.get("history") or ([{"argv": ran["argv"], "seconds": ran["seconds"]}] if ran else [])
+    if entry is None:
+        return read()
+    with lock(record.with_name(record.name + ".lock")):
+        key = (entry["start"], entry["pid"])
+        history = [h for h in read() if (h.get("start"), h.get("pid")) != key] + [entry]
+        write_json(record, {"argv": entry["argv"], "seconds": _total(history), "history": history})
+    return history
+
+
+class _Heartbeat:
+    """``with _Heartbeat(record, argv):`` records the invocation at its start and rewrites its
+    end every ``every`` seconds and at the exit (record_invocation)."""
+
+    def __init__(self, record: Path, argv: list[str], every: float = 60.0):
+        t0 = time.time()
+        self.record, self.every, self._stop = record, every, threading.Event()
+        self.entry = {"argv": argv, "seconds": 0.0, "start": t0, "end": t0, "pid": os.getpid()}
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def write(self) -> None:
+        self.entry["end"] = time.time()
+        self.entry["seconds"] = self.entry["end"] - self.entry["start"]
+        record_invocation(self.record, dict(self.entry))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self.write()
+
+    def __enter__(self):
+        self.write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.write()
+
+
 def write_reproduction(out: Path, p: dict, commands: list[list[str]], seconds: float | None,
                        invocations: int = 1) -> Path:
     """OUT/reproduction.md (and OUT/analysis/: report.md, figures, tidy tables)."""
@@ -466,28 +517,24 @@ def main(argv=None) -> int:
         for c in cmds.values():
             print(shlex.join(c))
         return 0
-    t0 = time.time()
+    record = out / "reproduce.json"
     if not a.report_only:
         out.mkdir(parents=True, exist_ok=True)
-        for name, c in cmds.items():
-            print(f"reproduce: {name}: {shlex.join(c[2:])}", flush=True)
-            r = subprocess.run(c)
-            if r.returncode != 0:          # a failed job: the table still shows what finished
-                print(f"reproduce: estimator {name}: the multirun exited with {r.returncode}",
-                      file=sys.stderr)
-        if final_samples:
-            from .final_bound import main as final_bound
-            print(f"reproduce: phase 2: the {final_samples}-sample test bound of the selected runs",
-                  flush=True)
-            final_bound([str(out), "--samples", str(final_samples), "--selected"])
+        with _Heartbeat(record, argv):
+            for name, c in cmds.items():
+                print(f"reproduce: {name}: {shlex.join(c[2:])}", flush=True)
+                r = subprocess.run(c)
+                if r.returncode != 0:          # a failed job: the table still shows what finished
+                    print(f"reproduce: estimator {name}: the multirun exited with {r.returncode}",
+                          file=sys.stderr)
+            if final_samples:
+                from .final_bound import main as final_bound
+                print(f"reproduce: phase 2: the {final_samples}-sample test bound of the selected runs",
+                      flush=True)
+                final_bound([str(out), "--samples", str(final_samples), "--selected"])
     # the commands that ran the runs (for --report-only): a reproduction that spans sessions, or
     # whose estimators ran as separate commands, sums their wall times and lists each command
-    record = out / "reproduce.json"
-    ran = json.loads(record.read_text()) if record.exists() else {}
-    history = ran.get("history") or ([{"argv": ran["argv"], "seconds": ran["seconds"]}] if ran else [])
-    if not a.report_only:
-        history.append({"argv": argv, "seconds": time.time() - t0, "start": t0, "end": time.time()})
-        record.write_text(json.dumps({"argv": argv, "seconds": _total(history), "history": history}))
+    history = record_invocation(record)
     if p.get("pilot"):
         # the table shows every estimator in OUT, those of earlier invocations too (--estimators
         # split across commands): name the pilot's choice for each, not only this command's
