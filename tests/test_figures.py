@@ -281,7 +281,7 @@ def test_validation_panel_leaves_out_a_step_0_point_that_would_squeeze_it(drawn,
     m.loc[valid & (m.step == 0), "value"] = -500.0          # 325 above the rest (175..150)
     plots.training_curves(m, tmp_path, "vae", "step")
     ax = visible_axes(drawn[0])[-1]
-    assert ax.get_ylabel() == "valid −bound_20 (nats)\nstep 0 (untrained, 500) not drawn"
+    assert ax.get_ylabel() == "valid −bound_20 (nats)\nstep 0: 500, not drawn"
     drawn_lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
     assert drawn_lines and all(min(ln.get_xdata()) == 500 for ln in drawn_lines)
     assert ax.get_ylim()[1] < 200

@@ -196,7 +196,7 @@ def _without_untrained_outlier(d: pd.DataFrame, ylabel: str) -> tuple[pd.DataFra
     if not top.max() - means.max() > means.max() - means.min():
         return d, ylabel
     a, b = f"{top.min():.4g}", f"{top.max():.4g}"
-    return later, f"{ylabel}\nstep 0 (untrained, {a if a == b else f'{a} to {b}'}) not drawn"
+    return later, f"{ylabel}\nstep 0: {a if a == b else f'{a} to {b}'}, not drawn"
 
 
 def training_curves(metrics: pd.DataFrame, out: Path, model: str, against: str = "step",
@@ -257,6 +257,7 @@ def training_curves(metrics: pd.DataFrame, out: Path, model: str, against: str =
             ax.set_ylim(min(lo, optimum - 0.05 * (hi - optimum)), hi)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
         ax.grid(alpha=0.3)
     time_note = "; time = training alone (no evaluations, probes, checkpoints or start-up)" \
         if against == "wall_time" and xlabel == "training time (s)" else ""
